@@ -1,0 +1,14 @@
+// Original file: proto/csi/v1/csi.proto
+
+
+export interface ControllerModifyVolumeRequest {
+  'volume_id'?: (string);
+  'secrets'?: ({[key: string]: string});
+  'mutable_parameters'?: ({[key: string]: string});
+}
+
+export interface ControllerModifyVolumeRequest__Output {
+  'volume_id': (string);
+  'secrets': ({[key: string]: string});
+  'mutable_parameters': ({[key: string]: string});
+}

@@ -1,0 +1,12 @@
+// Original file: proto/csi/v1/csi.proto
+
+
+export interface DeleteSnapshotRequest {
+  'snapshot_id'?: (string);
+  'secrets'?: ({[key: string]: string});
+}
+
+export interface DeleteSnapshotRequest__Output {
+  'snapshot_id': (string);
+  'secrets': ({[key: string]: string});
+}
