@@ -18,4 +18,16 @@ const version: CommandMain = async () => {
  */
 export const COMMANDS: Record<string, Command> = {
   version: { summary: 'print the version', load: async () => version },
+  'device-plugin': {
+    summary: 'kubelet device plugin for devices.kubevirt.io/{kvm,tun,vhost-net,vhost-vsock}, VFIO and mdev resources',
+    load: async () => (await import('../plugins/main.js')).main,
+  },
+  'cni-server': {
+    summary: 'CNI server behind the podvirt-cni shim (unix socket, default /run/podvirt/cni.sock)',
+    load: async () => (await import('../cni/main.js')).main,
+  },
+  'cni-activate': {
+    summary: "open a migration target's tap at switch-over (--netns PATH --ifname NAME)",
+    load: async () => (await import('../cni/activate-main.js')).main,
+  },
 };
