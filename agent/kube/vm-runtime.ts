@@ -1,0 +1,75 @@
+/**
+ * The seam between the cluster agent (watching pods, writing their status) and whatever runs
+ * VMs on the node (the VM core's VmController). The cluster side decides *which* VMs should run
+ * and reports; the runtime starts, adopts and stops one VM inside an existing pod sandbox.
+ */
+import type { V1Pod } from '@kubernetes/client-node';
+import type { DiscoveredSandbox } from './pod-discovery.js';
+
+export interface VcpuThread {
+  index: number;
+  tid: number;
+  cpus: number[];
+}
+
+/** What the agent publishes as `vm.podvirt.io/status` (JSON) and in metrics. */
+export interface VmReport {
+  phase: string;
+  qemuPid: number;
+  vcpuThreads: VcpuThread[];
+  /** The VM's resolved device topology (JSON-able), persisted on the pod at first start. */
+  topology: unknown;
+  /** Unix socket of the serial console on the node, when the runtime offers one. */
+  consoleSocket?: string;
+  serialLog?: string;
+  qmpSocket?: string;
+  netns?: string;
+  cgroup?: string;
+}
+
+export interface VmTarget {
+  /** `<namespace>/<name>`. */
+  key: string;
+  pod: V1Pod;
+  /** The raw `vm.podvirt.io/spec` annotation. */
+  specText: string;
+  sandbox: DiscoveredSandbox;
+  /** The stored `vm.podvirt.io/topology`, parsed, to replay; undefined at first start. */
+  topology: unknown;
+}
+
+export interface VmExit {
+  key: string;
+  /** `Stopped` (guest or agent shut it down) or `Failed` (crash, kill, panic). */
+  phase: 'Stopped' | 'Failed';
+  reason: string;
+}
+
+export interface VmRuntime {
+  /** Starts the VM in the sandbox and returns once QEMU runs and vCPUs are pinned. */
+  start(t: VmTarget): Promise<VmReport>;
+  /** Re-attaches to a VM this node already runs for the pod (agent restart); undefined if none. */
+  adopt(t: VmTarget): Promise<VmReport | undefined>;
+  /** Graceful shutdown within `timeoutMs`, then kill; removes what the runtime made. Idempotent. */
+  stop(key: string, timeoutMs: number): Promise<void>;
+  /** Current report of a running VM. */
+  report(key: string): Promise<VmReport | undefined>;
+  /** Called when a VM ends on its own. */
+  onExit(cb: (e: VmExit) => void): void;
+  /** Releases connections without touching VMs (agent shutdown). */
+  detachAll(): Promise<void>;
+}
+
+/** Handing a migration target pod over to the migration machinery is this one call. */
+export interface MigrationHandoff {
+  /**
+   * Migrates the VM of `source` (`<ns>/<name>`, possibly on another node) into `target`, whose
+   * sandbox is ready on this node. Reports progress through `progress` and resolves with the
+   * target's report once the VM runs here.
+   */
+  migrateInto(
+    target: VmTarget,
+    source: string,
+    progress: (p: { phase: string; percent?: number; transferredBytes?: number; remainingBytes?: number }) => void,
+  ): Promise<VmReport>;
+}
