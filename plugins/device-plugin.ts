@@ -345,6 +345,11 @@ export async function startDevicePlugin(options: DevicePluginStartOptions): Prom
     cfg = parseConfig(text, `config ${options.configFile}`);
   }
   const c = new Controller(options, cfg, text);
-  await c.start();
+  try {
+    await c.start();
+  } catch (e) {
+    await c.stop();
+    throw e;
+  }
   return c;
 }
