@@ -30,4 +30,8 @@ export const COMMANDS: Record<string, Command> = {
     summary: "open a migration target's tap at switch-over (--netns PATH --ifname NAME)",
     load: async () => (await import('../cni/activate-main.js')).main,
   },
+  csi: {
+    summary: 'CSI driver for node-local VM disks (--endpoint unix:///PATH --node-id ID --state-dir DIR)',
+    load: async () => (await import('../csi/main.js')).main,
+  },
 };
