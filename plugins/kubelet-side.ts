@@ -96,10 +96,14 @@ export class KubeletDeviceManager extends EventEmitter {
   private readonly entries = new Map<string, Entry>();
   private readonly allocated = new Map<string, Set<string>>();
 
-  constructor(opts: { dir: string; logger?: Logger }) {
+  private readonly dialTimeoutMs: number;
+
+  /** `dialTimeoutMs`: how long Register waits for the plugin's socket (the kubelet's 10 s). */
+  constructor(opts: { dir: string; logger?: Logger; dialTimeoutMs?: number }) {
     super();
     this.dir = opts.dir;
     this.log = opts.logger ?? silentLogger;
+    this.dialTimeoutMs = opts.dialTimeoutMs ?? DIAL_TIMEOUT_MS;
   }
 
   get socketPath(): string {
@@ -297,9 +301,9 @@ export class KubeletDeviceManager extends EventEmitter {
     let options: DevicePluginOptions__Output;
     try {
       await new Promise<void>((resolve, reject) =>
-        client.waitForReady(Date.now() + DIAL_TIMEOUT_MS, (err) => (err ? reject(err) : resolve())),
+        client.waitForReady(Date.now() + this.dialTimeoutMs, (err) => (err ? reject(err) : resolve())),
       );
-      options = await call<DevicePluginOptions__Output>((cb) => client.GetDevicePluginOptions({}, { deadline: Date.now() + DIAL_TIMEOUT_MS }, cb));
+      options = await call<DevicePluginOptions__Output>((cb) => client.GetDevicePluginOptions({}, { deadline: Date.now() + this.dialTimeoutMs }, cb));
     } catch (err) {
       client.close();
       throw new Unavailable(`Register ${resourceName}: cannot reach the plugin at ${socket}: ${errorMessage(err)}`);

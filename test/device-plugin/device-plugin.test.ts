@@ -149,6 +149,29 @@ describe('device-plugin: against a kubelet emulator over real unix sockets', fun
     await kubelet.allocate(KVM, 1);
   });
 
+  it('re-registers when only kubelet.sock is re-created (sockets left in place)', async () => {
+    host.addNode('kvm');
+    await start({ maxDevices: 2 });
+    await kubelet.waitForResource(KVM, (r) => r.healthy.length === 2, WAIT);
+    await kubelet.stop();
+    await kubelet.start();
+    const r = await kubelet.waitForResource(KVM, (x) => x.registrations === 2 && x.healthy.length === 2, WAIT);
+    assert.equal(r.endpoint, socketNameFor(KVM));
+  });
+
+  it('survives the kubelet dir being removed and re-created', async () => {
+    host.addNode('kvm');
+    await start({ maxDevices: 2 });
+    await kubelet.waitForResource(KVM, (r) => r.healthy.length === 2, WAIT);
+    await kubelet.stop();
+    await fs.rm(host.kubeletDir, { recursive: true });
+    // The plugin may re-create the dir first when it serves its removed socket again.
+    await fs.mkdir(host.kubeletDir, { recursive: true });
+    await kubelet.start();
+    await kubelet.waitForResource(KVM, (x) => x.registrations === 2 && x.healthy.length === 2, WAIT);
+    assert.ok((await fs.lstat(path.join(host.kubeletDir, socketNameFor(KVM)))).isSocket());
+  });
+
   it('starts before the kubelet exists and registers once kubelet.sock appears', async () => {
     await kubelet.stop();
     host.addNode('kvm');
@@ -211,6 +234,21 @@ describe('device-plugin: against a kubelet emulator over real unix sockets', fun
     assert.deepEqual(r.healthy, ['0000:3b:00.0', '0000:86:00.0']);
     await assert.rejects(kubelet.allocate(GPU, ['0000:3c:00.0']), /"0000:3c:00.0" is Unhealthy/);
     host.addNode('vfio/13');
+    await kubelet.waitForResource(GPU, (x) => x.healthy.length === 3, WAIT);
+  });
+
+  it('a device rebound away from vfio-pci stays advertised as Unhealthy (picked up by a rescan)', async () => {
+    host.addStandardVfio();
+    await start({ deviceNodes: [], pciHostDevices: [{ pciVendorSelector: '10DE:1EB8', resourceName: GPU }] });
+    await kubelet.waitForResource(GPU, (r) => r.healthy.length === 3, WAIT);
+    // sysfs cannot be watched: the slow resync (or any dev/config event) rescans; call it directly.
+    host.setDriver('0000:86:00.1', 'snd_hda_intel');
+    await dp!.reconcile();
+    const r = await kubelet.waitForResource(GPU, (x) => x.healthy.length === 2, WAIT);
+    assert.equal(r.devices.length, 3);
+    assert.deepEqual(r.healthy, ['0000:3b:00.0', '0000:3c:00.0']);
+    host.setDriver('0000:86:00.1', 'vfio-pci');
+    await dp!.reconcile();
     await kubelet.waitForResource(GPU, (x) => x.healthy.length === 3, WAIT);
   });
 
