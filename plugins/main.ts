@@ -20,6 +20,11 @@ export async function main(argv: string[]): Promise<number> {
     return 0;
   }
   const logger = createLogger('device-plugin');
+  // Listen before starting: a SIGTERM during start-up must still end in a clean stop.
+  const signal = new Promise<NodeJS.Signals>((resolve) => {
+    process.once('SIGTERM', () => resolve('SIGTERM'));
+    process.once('SIGINT', () => resolve('SIGINT'));
+  });
   const dp = await startDevicePlugin({
     kubeletDir: f['kubelet-dir'],
     devRoot: f['dev-root'],
@@ -28,11 +33,7 @@ export async function main(argv: string[]): Promise<number> {
     cdiDir: f['cdi-dir'],
     logger,
   });
-  const signal = await new Promise<NodeJS.Signals>((resolve) => {
-    process.once('SIGTERM', () => resolve('SIGTERM'));
-    process.once('SIGINT', () => resolve('SIGINT'));
-  });
-  logger.info({ signal }, 'shutting down');
+  logger.info({ signal: await signal }, 'shutting down');
   await dp.stop();
   return 0;
 }
