@@ -1,0 +1,97 @@
+/**
+ * The thin apply layer: runs planned `ip`/`tc` batches in the host or a pod netns, each batch one
+ * child process (never setns in this process: it would move only one thread).
+ */
+import { existsSync, readFileSync } from 'node:fs';
+import { exec as defaultExec, ExecError, type Exec } from '../lib/exec.js';
+import { CniCode, CniError } from './cni-error.js';
+import type { BatchOp } from './plan.js';
+
+export interface HostDeps {
+  exec: Exec;
+  /** Root of sysfs for host-netns reads. */
+  sysRoot: string;
+  /** A path naming the host netns (where the bridge lives) from inside another netns. */
+  hostNetns: string;
+}
+
+export const defaultHostDeps: HostDeps = { exec: defaultExec, sysRoot: '/sys', hostNetns: `/proc/${process.pid}/ns/net` };
+
+const TIMEOUT_MS = 30_000;
+
+/** argv running `tool` in `netns` (null = the current netns). */
+export function inNetns(netns: string | null, tool: 'ip' | 'tc', args: string[]): [string, string[]] {
+  if (netns === null) return [tool, args];
+  const m = /^(?:\/var)?\/run\/netns\/([^/]+)$/.exec(netns);
+  // `ip -n NAME` saves an exec but only knows names under /run/netns.
+  if (m?.[1]) return [tool, ['-n', m[1], ...args]];
+  return ['nsenter', [`--net=${netns}`, '--', tool, ...args]];
+}
+
+export interface BatchOutcome {
+  /** Number of leading lines that succeeded. */
+  done: number;
+  error?: ExecError;
+}
+
+/** Runs lines as one `-batch`; the batch stops at the first failing line, whose number ip/tc print. */
+export async function runBatch(deps: HostDeps, netns: string | null, tool: 'ip' | 'tc', lines: string[], force = false): Promise<BatchOutcome> {
+  if (lines.length === 0) return { done: 0 };
+  const [cmd, args] = inNetns(netns, tool, [...(force ? ['-force'] : []), '-batch', '-']);
+  const res = await deps.exec(cmd, args, { input: lines.join('\n') + '\n', allowFailure: true, timeoutMs: TIMEOUT_MS });
+  if (res.code === 0) return { done: lines.length };
+  const m = /Command failed -:(\d+)/.exec(res.stderr);
+  const done = m ? Number(m[1]) - 1 : 0;
+  return { done, error: new ExecError([cmd, ...args, ...(m ? [`(line ${m[1]}: ${lines[done] ?? ''})`] : [])], res) };
+}
+
+/** Runs ops; on failure undoes the ones that succeeded (in reverse) and throws the failure. */
+export async function applyOps(deps: HostDeps, netns: string | null, ops: BatchOp[]): Promise<string[]> {
+  const out = await runBatch(deps, netns, 'ip', ops.map((o) => o.line));
+  const undo = undoLines(ops.slice(0, out.done));
+  if (out.error) {
+    await runBatch(deps, netns, 'ip', undo, true).catch(() => undefined);
+    throw out.error;
+  }
+  return undo;
+}
+
+export function undoLines(done: BatchOp[]): string[] {
+  return done
+    .map((o) => o.undo)
+    .filter((u): u is string => u !== undefined)
+    .reverse();
+}
+
+export async function applyLines(deps: HostDeps, netns: string | null, tool: 'ip' | 'tc', lines: string[]): Promise<void> {
+  const out = await runBatch(deps, netns, tool, lines);
+  if (out.error) throw out.error;
+}
+
+export function linkExists(deps: HostDeps, name: string): boolean {
+  return existsSync(`${deps.sysRoot}/class/net/${name}`);
+}
+
+export function readLinkAttr(deps: HostDeps, name: string, attr: string): string | undefined {
+  try {
+    return readFileSync(`${deps.sysRoot}/class/net/${name}/${attr}`, 'utf8').trim();
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * Creates the host bridge when absent. Concurrent ADDs may race to create it, so "File exists"
+ * counts as success. The bridge is shared: a failed ADD never removes it, and an existing
+ * bridge is used as it is (its state is the operator's).
+ */
+export async function ensureBridge(deps: HostDeps, name: string, mac: string, mtu: number | undefined): Promise<void> {
+  if (!linkExists(deps, name)) {
+    const out = await runBatch(deps, null, 'ip', [`link add ${name} address ${mac}${mtu === undefined ? '' : ` mtu ${mtu}`} type bridge`]);
+    if (out.error && !/File exists/.test(out.error.result.stderr)) throw out.error;
+    if (!out.error) await applyLines(deps, null, 'ip', [`link set dev ${name} up`]);
+  }
+  if (!existsSync(`${deps.sysRoot}/class/net/${name}/bridge`)) {
+    throw new CniError(CniCode.InvalidNetworkConfig, `host link "${name}" exists and is not a bridge`);
+  }
+}

@@ -1,0 +1,120 @@
+/**
+ * The long-running CNI server behind the shim. `podvirt cni-server` runs it alone; the node
+ * agent hosts it in-process. Requests are independent and handled concurrently (the runtime
+ * serialises per container; different netns proceed in parallel).
+ */
+import { chmodSync, mkdirSync, statSync, unlinkSync } from 'node:fs';
+import * as net from 'node:net';
+import * as path from 'node:path';
+import { AlreadyExists } from '../lib/errors.js';
+import { CniCode, CniError } from './cni-error.js';
+import type { CniDeps } from './context.js';
+import { defaultHostDeps } from './host.js';
+import type { CniLogger } from './logger.js';
+import { handleCniRequest } from './skel.js';
+import { CURRENT_VERSION } from './versions.js';
+import { encodeResponse, RequestDecoder } from './wire.js';
+
+export const DEFAULT_CNI_SOCKET = '/run/podvirt/cni.sock';
+
+export interface CniServerOptions {
+  socketPath: string;
+  logger: CniLogger;
+  /** Host access; defaults to the real `ip`/`tc` and /sys. */
+  deps?: Partial<CniDeps>;
+  /** A request that has not arrived completely within this time is dropped. */
+  readTimeoutMs?: number;
+}
+
+export interface CniServer {
+  /** Stops accepting, waits for requests in flight, removes the socket. */
+  stop(): Promise<void>;
+}
+
+function probe(socketPath: string): Promise<boolean> {
+  return new Promise((resolve) => {
+    const c = net.connect(socketPath);
+    c.once('connect', () => {
+      c.destroy();
+      resolve(true);
+    });
+    c.once('error', () => resolve(false));
+  });
+}
+
+/** Listens on `socketPath` (mode 0600, parent created 0700 if missing); a stale socket is replaced, a live one is an error. */
+export async function startCniServer(opts: CniServerOptions): Promise<CniServer> {
+  const { socketPath, logger } = opts;
+  const deps: CniDeps = { ...defaultHostDeps, delegateVersions: new Map(), ...opts.deps };
+  mkdirSync(path.dirname(socketPath), { recursive: true, mode: 0o700 });
+  let exists = false;
+  try {
+    exists = statSync(socketPath).isSocket();
+  } catch {
+    /* absent */
+  }
+  if (exists) {
+    if (await probe(socketPath)) throw new AlreadyExists(`a CNI server already listens on ${socketPath}`);
+    unlinkSync(socketPath);
+  }
+  const inFlight = new Set<Promise<void>>();
+  const sockets = new Set<net.Socket>();
+  const baseEnv = { PATH: process.env.PATH ?? '/usr/sbin:/usr/bin:/sbin:/bin' };
+
+  // allowHalfOpen: the shim half-closes after its request and reads the answer afterwards.
+  const server = net.createServer({ allowHalfOpen: true }, (sock) => {
+    sockets.add(sock);
+    sock.on('close', () => sockets.delete(sock));
+    sock.setTimeout(opts.readTimeoutMs ?? 60_000, () => sock.destroy());
+    const dec = new RequestDecoder();
+    sock.on('data', (b: Buffer) => dec.push(b));
+    sock.on('error', () => undefined);
+    sock.on('end', () => {
+      sock.setTimeout(0);
+      const req = dec.finish();
+      const work = (async () => {
+        let bytes: Buffer;
+        if (!req) {
+          const err = new CniError(CniCode.DecodingFailure, 'malformed request from the shim', dec.error ?? '');
+          bytes = encodeResponse(1, JSON.stringify(err.toJSON(CURRENT_VERSION)), '');
+        } else {
+          const started = process.hrtime.bigint();
+          const res = await handleCniRequest(req, { logger, deps, baseEnv });
+          logger.debug(
+            { command: req.env.CNI_COMMAND, containerId: req.env.CNI_CONTAINERID, exitCode: res.exitCode, ms: Number(process.hrtime.bigint() - started) / 1e6 },
+            'request',
+          );
+          bytes = encodeResponse(res.exitCode, res.stdout, res.stderr);
+        }
+        if (!sock.destroyed) sock.end(bytes);
+      })().catch((e: unknown) => {
+        logger.error({ err: String(e) }, 'request failed');
+        sock.destroy();
+      });
+      inFlight.add(work);
+      void work.finally(() => inFlight.delete(work));
+    });
+  });
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(socketPath, () => {
+      server.off('error', reject);
+      resolve();
+    });
+  });
+  chmodSync(socketPath, 0o600);
+  logger.info({ socket: socketPath }, 'CNI server listening');
+  return {
+    async stop() {
+      const closed = new Promise<void>((resolve) => server.close(() => resolve()));
+      await Promise.allSettled([...inFlight]);
+      for (const s of sockets) s.destroy();
+      await closed;
+      try {
+        unlinkSync(socketPath);
+      } catch {
+        /* already gone */
+      }
+    },
+  };
+}
