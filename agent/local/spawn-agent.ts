@@ -33,7 +33,7 @@ export async function agentAlive(p: LocalPaths): Promise<boolean> {
  */
 export async function ensureAgent(p: LocalPaths, timeoutMs = 30_000): Promise<void> {
   if (await agentAlive(p)) return;
-  await fs.mkdir(p.runDir, { recursive: true, mode: 0o700 });
+  await fs.mkdir(p.runDir, { recursive: true, mode: 0o755 });
   await fs.mkdir(p.stateDir, { recursive: true, mode: 0o700 });
   const self = selfCommand();
   const log = openSync(agentLog(p), 'a');

@@ -1,0 +1,362 @@
+import { promises as fs } from 'node:fs';
+import * as path from 'node:path';
+import { randomBytes } from 'node:crypto';
+import { AlreadyExists, Aborted, FailedPrecondition, NotFound, errorMessage } from '../../lib/errors.js';
+import { exec } from '../../lib/exec.js';
+import type { Logger } from '../../lib/log.js';
+import { DhcpServer } from '../dhcp/server.js';
+import { SandboxManager, type PodSandbox } from '../sandbox/sandbox.js';
+import type { LocalDevices, DeviceGrant } from './devices.js';
+import { parseLocalManifest, type LocalPod, type NetworkSelection } from './manifest.js';
+import { DEFAULT_NETWORK, resolveNetworkConfig, splitCidr } from './networks.js';
+import { PodStore, type AttachmentRecord, type PodRecord, type RuntimeRecord } from './pod-store.js';
+import { podRunDir, type LocalPaths } from './paths.js';
+import type { NetworkBackend, VmBackend, VmLiveStatus, VolumeBackend } from './backends.js';
+
+export interface LocalAgentOptions {
+  paths: LocalPaths;
+  log: Logger;
+  sandboxes: SandboxManager;
+  devices: LocalDevices;
+  volumes: VolumeBackend;
+  networks: NetworkBackend;
+  vms: VmBackend;
+  dhcp: DhcpServer;
+  /** Where NAD configs live (`<name>.json`). */
+  networksDir: string;
+  /** VM memory overhead added to the guest's RAM for the pod's memory limit when the pod sets none. */
+  memoryOverheadBytes?: number;
+  /** How many vCPUs and whether the emulator thread gets its own CPU: from agent core's spec parser. */
+  vmShape: (specText: string) => { cpus: number; memoryBytes: number; extraCpus: number; wantsTun: boolean; wantsKvm: boolean };
+}
+
+/** `podvirt status --json`: the contract fields first (cli.md 5.3), then the rest. */
+export interface PodStatus {
+  name: string;
+  phase: string;
+  qemuPid: number | undefined;
+  vcpuThreads: { index: number; tid: number; cpus: number[] }[];
+  serialLog: string | undefined;
+  netns: string;
+  cgroup: string;
+  cpus: number[];
+  memoryLimitBytes: number | undefined;
+  interfaces: { network: string; ifname: string; mac: string; ip: string | undefined; gateway: string | undefined; bridge: string | undefined }[];
+  disks: { volume: string; claim: string; volumeId: string; mode: string; path: string }[];
+  devices: Record<string, string[]>;
+  topology: unknown;
+  startedAt: string;
+  qmpSocket: string | undefined;
+  serialSocket: string | undefined;
+}
+
+type Undo = () => Promise<void>;
+
+/**
+ * Local mode's kubelet + container runtime: turns a Pod manifest into a running VM with the real
+ * components, in the order a kubelet does it (sandbox, devices, volumes, networks, then the
+ * "container": QEMU), undoing what was done when a step fails, and tearing it down on stop.
+ * One operation per pod at a time.
+ */
+export class LocalAgent {
+  private readonly store: PodStore;
+  private readonly busy = new Set<string>();
+  private readonly phases = new Map<string, string>();
+
+  constructor(private readonly o: LocalAgentOptions) {
+    this.store = new PodStore(o.paths);
+  }
+
+  /** Re-adopts VMs that kept running while no agent was up: QMP reconnect, pins verified, leases and devices re-claimed. */
+  async adoptAll(): Promise<{ adopted: string[]; lost: string[] }> {
+    const adopted: string[] = [];
+    const lost: string[] = [];
+    for (const name of await this.store.runningNames()) {
+      const rt = await this.store.loadRuntime(name);
+      const sb = await this.o.sandboxes.get(name);
+      if (!rt || !sb) continue;
+      let ok = false;
+      try {
+        ok = await this.o.vms.adopt(name, rt.vm, sb);
+      } catch (e) {
+        this.o.log.warn({ pod: name, err: errorMessage(e) }, 'cannot re-adopt VM');
+      }
+      if (ok) {
+        try {
+          await this.o.devices.allocate(rt.devices);
+        } catch (e) {
+          this.o.log.warn({ pod: name, err: errorMessage(e) }, 'cannot re-claim devices');
+        }
+        this.addLeases(name, rt.attachments);
+        adopted.push(name);
+      } else {
+        this.phases.set(name, 'Failed');
+        lost.push(name);
+      }
+    }
+    return { adopted, lost };
+  }
+
+  async run(manifest: string): Promise<PodStatus> {
+    const pod = parseLocalManifest(manifest);
+    return this.exclusive(pod.name, () => this.runLocked(pod, manifest));
+  }
+
+  async stop(name: string, opts: { deleteVolumes?: boolean; timeoutMs?: number } = {}): Promise<{ stopped: boolean; deletedVolumes: string[] }> {
+    return this.exclusive(name, () => this.stopLocked(name, opts));
+  }
+
+  async status(name: string): Promise<PodStatus> {
+    const rt = await this.store.loadRuntime(name);
+    if (!rt) {
+      if (await this.store.loadPod(name)) throw new NotFound(`pod ${name} is not running (stopped; its volumes and topology are kept)`);
+      throw new NotFound(`no pod ${name}`);
+    }
+    const rec = await this.store.loadPod(name);
+    let live: VmLiveStatus | undefined;
+    try {
+      live = await this.o.vms.status(name);
+    } catch (e) {
+      this.o.log.warn({ pod: name, err: errorMessage(e) }, 'vm status failed');
+    }
+    return this.describe(rt, rec, live);
+  }
+
+  async ps(): Promise<{ name: string; phase: string; qemuPid: number | undefined; cpus: number[]; ips: string[]; startedAt: string }[]> {
+    const out = [];
+    for (const name of await this.store.runningNames()) {
+      const s = await this.status(name).catch(() => undefined);
+      if (!s) continue;
+      out.push({ name, phase: s.phase, qemuPid: s.qemuPid, cpus: s.cpus, ips: s.interfaces.map((i) => i.ip ?? '').filter(Boolean), startedAt: s.startedAt });
+    }
+    return out;
+  }
+
+  /** The VM controller of a running pod (hotplug, console): opaque to callers outside agent/. */
+  controller(name: string): unknown {
+    return this.o.vms.controller(name);
+  }
+
+  /** Lets go of every VM without touching it (the agent is shutting down or restarting). */
+  async releaseAll(): Promise<void> {
+    for (const name of await this.store.runningNames()) await this.o.vms.release(name).catch(() => undefined);
+  }
+
+  private async exclusive<T>(name: string, fn: () => Promise<T>): Promise<T> {
+    if (this.busy.has(name)) throw new Aborted(`pod ${name}: another operation is in progress`);
+    this.busy.add(name);
+    try {
+      return await fn();
+    } finally {
+      this.busy.delete(name);
+    }
+  }
+
+  private async runLocked(pod: LocalPod, manifest: string): Promise<PodStatus> {
+    const existing = await this.store.loadRuntime(pod.name);
+    if (existing) {
+      const live = await this.o.vms.status(pod.name).catch(() => undefined);
+      if (live && live.qemuPid !== undefined) throw new AlreadyExists(`pod ${pod.name} is already running (qemu pid ${live.qemuPid})`);
+      throw new FailedPrecondition(`pod ${pod.name} has leftovers of an earlier run (its VM is gone): run "podvirt stop ${pod.name}" first`);
+    }
+    const shape = this.o.vmShape(pod.vmSpec);
+    const rec: PodRecord = (await this.store.loadPod(pod.name)) ?? { name: pod.name, createdAt: new Date().toISOString(), claims: {}, macs: {} };
+    const undo: Undo[] = [];
+    const cpuCount = Math.max(shape.cpus + shape.extraCpus, pod.cpuLimit ?? 0);
+    const memoryBytes = pod.memoryLimitBytes ?? shape.memoryBytes + (this.o.memoryOverheadBytes ?? 768 << 20);
+    try {
+      const sb = await this.o.sandboxes.create(pod.name, cpuCount, memoryBytes);
+      undo.push(() => this.o.sandboxes.destroy(pod.name));
+      const rt: RuntimeRecord = {
+        name: pod.name,
+        manifest,
+        startedAt: new Date().toISOString(),
+        netnsName: sb.netnsName,
+        netns: sb.netns,
+        cgroup: sb.cgroup.display,
+        cgroupProcs: sb.cgroup.procs,
+        cpus: sb.cpus,
+        attachments: [],
+        volumes: [],
+        devices: {},
+      };
+      await fs.mkdir(podRunDir(this.o.paths, pod.name), { recursive: true, mode: 0o755 });
+      undo.push(() => this.store.deleteRuntime(pod.name));
+      await this.store.saveRuntime(rt);
+
+      // Devices: what the pod asks for, plus what its VM needs (a tap needs /dev/net/tun, KVM /dev/kvm).
+      const want: Record<string, number> = { ...pod.deviceResources };
+      if (shape.wantsTun) want['devices.kubevirt.io/tun'] = Math.max(want['devices.kubevirt.io/tun'] ?? 0, 1);
+      if (shape.wantsKvm) want['devices.kubevirt.io/kvm'] = Math.max(want['devices.kubevirt.io/kvm'] ?? 0, 1);
+      const grant: DeviceGrant = await this.o.devices.allocate(want);
+      undo.push(async () => this.o.devices.release(grant.ids));
+      rt.devices = grant.ids;
+      await this.store.saveRuntime(rt);
+
+      // Volumes: provision (kept across runs for PVCs), stage, publish.
+      for (const claim of pod.claims) {
+        const c = await this.o.volumes.provision(claim, rec.claims[claim.name]);
+        rec.claims[claim.name] = c;
+        await this.store.savePod(rec);
+      }
+      for (const v of pod.volumes) {
+        const att = await this.o.volumes.attach(pod.name, v.name, rec.claims[v.claim]!, this.o.vms.uid, this.o.vms.gid);
+        undo.push(() => this.o.volumes.detach(att));
+        rt.volumes.push(att);
+        await this.store.saveRuntime(rt);
+      }
+
+      // Networks: CNI ADD per selection into the pod netns; the tap keeps its MAC across runs.
+      const selections: NetworkSelection[] = pod.networks.length
+        ? pod.networks
+        : [{ name: DEFAULT_NETWORK, namespace: undefined, interface: undefined, mac: undefined, ips: undefined }];
+      const containerId = `podvirt-${pod.name}-${randomBytes(4).toString('hex')}`;
+      for (const [i, sel] of selections.entries()) {
+        const ifname = sel.interface ?? `net${i + 1}`;
+        const config = await resolveNetworkConfig(sel.name, pod.nads, this.o.networksDir, path.join(this.o.paths.stateDir, 'ipam'));
+        const key = `${sel.name}/${ifname}`;
+        const att = await this.o.networks.add({
+          pod,
+          containerId,
+          netns: sb.netns,
+          selection: sel,
+          ifname,
+          config,
+          mac: sel.mac ?? rec.macs[key],
+          uid: this.o.vms.uid,
+          gid: this.o.vms.gid,
+        });
+        undo.push(() => this.o.networks.del(att, sb.netns));
+        rt.attachments.push(att);
+        rec.macs[key] = att.mac;
+        await this.store.saveRuntime(rt);
+        await this.store.savePod(rec);
+        await this.ensureGateway(att);
+      }
+      this.addLeases(pod.name, rt.attachments);
+      undo.push(async () => this.o.dhcp.removeOwner(pod.name));
+
+      // The "container": QEMU in the sandbox, pinned, with the recorded topology replayed.
+      const started = await this.o.vms.start({
+        pod,
+        runDir: podRunDir(this.o.paths, pod.name),
+        sandbox: sb,
+        volumes: rt.volumes,
+        attachments: rt.attachments,
+        devices: grant,
+        topology: rec.topology,
+      });
+      undo.push(() => this.o.vms.stop(pod.name, 5000));
+      rt.vm = started.handle;
+      await this.store.saveRuntime(rt);
+      if (rec.topology === undefined) {
+        rec.topology = started.topology;
+        await this.store.savePod(rec);
+      }
+      this.phases.delete(pod.name);
+      return await this.status(pod.name);
+    } catch (e) {
+      this.o.log.warn({ pod: pod.name, err: errorMessage(e) }, 'run failed, rolling back');
+      for (const u of undo.reverse()) {
+        await u().catch((ue: unknown) => this.o.log.warn({ pod: pod.name, err: errorMessage(ue) }, 'rollback step failed'));
+      }
+      for (const c of pod.claims.filter((x) => x.ephemeral)) {
+        const cr = rec.claims[c.name];
+        if (cr) await this.o.volumes.delete(cr).catch(() => undefined);
+        delete rec.claims[c.name];
+      }
+      if (Object.keys(rec.claims).length || rec.topology !== undefined) await this.store.savePod(rec).catch(() => undefined);
+      else await this.store.deletePod(pod.name).catch(() => undefined);
+      throw e;
+    }
+  }
+
+  private async stopLocked(name: string, opts: { deleteVolumes?: boolean; timeoutMs?: number }): Promise<{ stopped: boolean; deletedVolumes: string[] }> {
+    const rt = await this.store.loadRuntime(name);
+    const rec = await this.store.loadPod(name);
+    if (!rt && !rec && !(await this.o.sandboxes.get(name))) throw new NotFound(`no pod ${name}`);
+    const errors: string[] = [];
+    const step = async (what: string, fn: () => Promise<void>) => {
+      try {
+        await fn();
+      } catch (e) {
+        errors.push(`${what}: ${errorMessage(e)}`);
+      }
+    };
+    if (rt) {
+      await step('vm', () => this.o.vms.stop(name, opts.timeoutMs ?? 30_000));
+      this.o.dhcp.removeOwner(name);
+      for (const a of [...rt.attachments].reverse()) await step(`network ${a.network}`, () => this.o.networks.del(a, rt.netns));
+      for (const v of [...rt.volumes].reverse()) await step(`volume ${v.volume}`, () => this.o.volumes.detach(v));
+      this.o.devices.release(rt.devices);
+    }
+    await step('sandbox', () => this.o.sandboxes.destroy(name));
+    const deleted: string[] = [];
+    if (rec) {
+      const manifestClaims = rt ? parseLocalManifest(rt.manifest).claims : [];
+      for (const c of Object.values(rec.claims)) {
+        const ephemeral = c.ephemeral || manifestClaims.some((m) => m.name === c.name && m.ephemeral);
+        if (ephemeral || opts.deleteVolumes) {
+          await step(`delete volume ${c.name}`, () => this.o.volumes.delete(c));
+          delete rec.claims[c.name];
+          deleted.push(c.name);
+        }
+      }
+      await this.store.savePod(rec);
+    }
+    if (errors.length) throw new FailedPrecondition(`stop ${name} left work undone (run stop again): ${errors.join('; ')}`);
+    await this.store.deleteRuntime(name);
+    this.phases.delete(name);
+    return { stopped: rt !== undefined, deletedVolumes: deleted };
+  }
+
+  /** Local mode plays the network provider: the bridge holds the subnet's gateway address (DHCP answers from it). */
+  private async ensureGateway(a: AttachmentRecord): Promise<void> {
+    if (!a.bridge || !a.gateway || !a.ip) return;
+    const { prefix } = splitCidr(a.ip);
+    const have = await exec('ip', ['-j', '-4', 'addr', 'show', 'dev', a.bridge]);
+    const info = JSON.parse(have.stdout || '[]') as { addr_info?: { local: string }[] }[];
+    if (!info[0]?.addr_info?.some((x) => x.local === a.gateway)) {
+      await exec('ip', ['addr', 'add', `${a.gateway}/${prefix}`, 'dev', a.bridge]);
+    }
+    await exec('ip', ['link', 'set', a.bridge, 'up']);
+  }
+
+  private addLeases(owner: string, atts: AttachmentRecord[]): void {
+    for (const a of atts) {
+      if (!a.ip || !a.bridge) continue;
+      const { ip, prefix } = splitCidr(a.ip);
+      this.o.dhcp.add({
+        mac: a.mac,
+        ip,
+        prefixLength: prefix,
+        bridge: a.bridge,
+        owner,
+        hostname: owner,
+        ...(a.gateway ? { gateway: a.gateway } : {}),
+      });
+    }
+  }
+
+  private describe(rt: RuntimeRecord, rec: PodRecord | undefined, live: VmLiveStatus | undefined): PodStatus {
+    const sb: Pick<PodSandbox, 'netns'> = { netns: rt.netns };
+    return {
+      name: rt.name,
+      phase: this.phases.get(rt.name) ?? live?.phase ?? 'Unknown',
+      qemuPid: live?.qemuPid,
+      vcpuThreads: live?.vcpuThreads ?? [],
+      serialLog: live?.serialLog,
+      netns: sb.netns,
+      cgroup: rt.cgroup,
+      cpus: rt.cpus,
+      memoryLimitBytes: undefined,
+      interfaces: rt.attachments.map((a) => ({ network: a.network, ifname: a.ifname, mac: a.mac, ip: a.ip, gateway: a.gateway, bridge: a.bridge })),
+      disks: rt.volumes.map((v) => ({ volume: v.volume, claim: v.claim, volumeId: v.volumeId, mode: v.volumeMode, path: v.publishPath })),
+      devices: rt.devices,
+      topology: live?.topology ?? rec?.topology,
+      startedAt: rt.startedAt,
+      qmpSocket: live?.qmpSocket,
+      serialSocket: live?.serialSocket,
+    };
+  }
+}
