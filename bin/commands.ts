@@ -34,4 +34,13 @@ export const COMMANDS: Record<string, Command> = {
     summary: 'CSI driver for node-local VM disks (--endpoint unix:///PATH --node-id ID --state-dir DIR)',
     load: async () => (await import('../csi/main.js')).main,
   },
+  // agent/kube/main.ts runs the cluster agent and hands `--local` to agent/local/agent-main.ts.
+  agent: {
+    summary: 'node agent: in a cluster (DaemonSet); --local: the local-mode daemon that run/ps/status/stop talk to',
+    load: async () => (await import('../agent/kube/main.js')).main,
+  },
+  'console-attach': {
+    summary: "join stdin/stdout to a VM's serial console socket (used by kubectl podvirt console via exec)",
+    load: async () => (await import('../agent/kube/console-attach.js')).main,
+  },
 };

@@ -58,6 +58,8 @@ export interface VmRuntime {
   onExit(cb: (e: VmExit) => void): void;
   /** Releases connections without touching VMs (agent shutdown). */
   detachAll(): Promise<void>;
+  /** A read-only QMP query on the VM's monitor (metrics: `query-blockstats`, `query-migrate`). */
+  query?(key: string, command: string): Promise<unknown>;
 }
 
 /** Handing a migration target pod over to the migration machinery is this one call. */

@@ -1,0 +1,141 @@
+/**
+ * `kubectl podvirt migrate NAME`: creates the migration target pod (a copy of the source pod with
+ * `vm.podvirt.io/migrate-from`, kept off the source node) and follows it: the target node's agent
+ * reports progress in `vm.podvirt.io/migration`, and success as the `podvirt.io/VMReady` condition.
+ */
+import { randomBytes } from 'node:crypto';
+import { CoreV1Api, Watch, type KubeConfig, type V1Pod } from '@kubernetes/client-node';
+import { parseFlags } from '../../../lib/cli-args.js';
+import { DeadlineExceeded, FailedPrecondition, InvalidArgument } from '../../../lib/errors.js';
+import { ANN_MIGRATE_FROM, ANN_MIGRATION, ANN_STATUS, ANN_TOPOLOGY, COND_VM_READY } from '../names.js';
+import { KUBE_FLAG_OPTIONS, isVmPod, loadKubeConfig, type Io } from './common.js';
+import { ProgressBar, type Progress } from './progress-bar.js';
+
+export interface TargetOptions {
+  name?: string | undefined;
+  targetNode?: string | undefined;
+  suffix?: string;
+}
+
+/** The target pod for migrating `src` (pure). */
+export function planTargetPod(src: V1Pod, o: TargetOptions = {}): V1Pod {
+  const ns = src.metadata!.namespace!;
+  const srcNode = src.spec?.nodeName;
+  if (!srcNode) throw new FailedPrecondition(`pod ${ns}/${src.metadata!.name} is not scheduled yet: nothing to migrate`);
+  if (o.targetNode === srcNode) throw new InvalidArgument(`--target-node ${o.targetNode} is the node the VM already runs on`);
+  const ann = { ...(src.metadata?.annotations ?? {}) };
+  delete ann[ANN_STATUS];
+  delete ann[ANN_MIGRATION];
+  ann[ANN_MIGRATE_FROM] = `${ns}/${src.metadata!.name}`;
+  if (!ann[ANN_TOPOLOGY]) throw new FailedPrecondition(`pod ${ns}/${src.metadata!.name} has no recorded topology yet (is its VM running?)`);
+  const spec = structuredClone(src.spec!);
+  delete spec.nodeName;
+  // Never back onto the source node; onto --target-node when given.
+  const terms = [{ matchExpressions: [{ key: 'kubernetes.io/hostname', operator: 'NotIn', values: [srcNode] }, ...(o.targetNode ? [{ key: 'kubernetes.io/hostname', operator: 'In', values: [o.targetNode] }] : [])] }];
+  spec.affinity = { ...(spec.affinity ?? {}), nodeAffinity: { ...(spec.affinity?.nodeAffinity ?? {}), requiredDuringSchedulingIgnoredDuringExecution: { nodeSelectorTerms: terms } } };
+  const base = src.metadata!.name!.replace(/-mig-[0-9a-f]{5}$/, '');
+  return {
+    apiVersion: 'v1',
+    kind: 'Pod',
+    metadata: {
+      name: o.name ?? `${base.slice(0, 53)}-mig-${o.suffix ?? randomBytes(3).toString('hex').slice(0, 5)}`,
+      namespace: ns,
+      labels: { ...(src.metadata?.labels ?? {}) },
+      annotations: ann,
+      ...(src.metadata?.ownerReferences ? { ownerReferences: src.metadata.ownerReferences } : {}),
+    },
+    spec,
+  };
+}
+
+export type MigrationOutcome = { done: true; ok: boolean; message: string } | { done: false; progress: Progress };
+
+/** What the target pod says about the migration (pure). */
+export function migrationState(target: V1Pod): MigrationOutcome {
+  const cond = target.status?.conditions?.find((c) => c.type === COND_VM_READY);
+  let m: Progress & { message?: string } = { phase: 'pending' };
+  const raw = target.metadata?.annotations?.[ANN_MIGRATION];
+  if (raw) {
+    try {
+      m = JSON.parse(raw) as Progress & { message?: string };
+    } catch {
+      /* keep pending */
+    }
+  }
+  if (cond?.status === 'True' && cond.reason === 'Migrated') return { done: true, ok: true, message: cond.message ?? 'migrated' };
+  if (m.phase === 'failed' || m.phase === 'cancelled') return { done: true, ok: false, message: m.message ?? `migration ${m.phase}` };
+  if (cond?.status === 'False' && cond.reason && /Migration|Failed/.test(cond.reason)) return { done: true, ok: false, message: cond.message ?? cond.reason };
+  if (!target.spec?.nodeName) m = { ...m, phase: 'scheduling' };
+  return { done: false, progress: m };
+}
+
+/** Follows the target pod until the migration ends or `timeoutMs` passes. */
+export async function followMigration(kc: KubeConfig, namespace: string, name: string, bar: ProgressBar, timeoutMs: number): Promise<{ ok: boolean; message: string }> {
+  const core = kc.makeApiClient(CoreV1Api);
+  return new Promise((resolve, reject) => {
+    let ctl: AbortController | undefined;
+    let finished = false;
+    const finish = (r: { ok: boolean; message: string } | Error) => {
+      if (finished) return;
+      finished = true;
+      clearTimeout(timer);
+      ctl?.abort();
+      bar.done();
+      if (r instanceof Error) reject(r);
+      else resolve(r);
+    };
+    const timer = setTimeout(() => finish(new DeadlineExceeded(`migration did not finish within ${timeoutMs / 1000} s (target pod ${namespace}/${name} left in place)`)), timeoutMs);
+    const look = (p: V1Pod) => {
+      const s = migrationState(p);
+      if (s.done) finish({ ok: s.ok, message: s.message });
+      else bar.update(s.progress);
+    };
+    const start = async (): Promise<void> => {
+      const p = await core.readNamespacedPod({ namespace, name });
+      look(p);
+      if (finished) return;
+      ctl = await new Watch(kc).watch(
+        `/api/v1/namespaces/${namespace}/pods`,
+        { fieldSelector: `metadata.name=${name}`, resourceVersion: p.metadata!.resourceVersion! },
+        (type, obj: V1Pod) => {
+          if (type === 'DELETED') finish(new FailedPrecondition(`target pod ${namespace}/${name} was deleted`));
+          else if (type === 'ADDED' || type === 'MODIFIED') look(obj);
+        },
+        (err: unknown) => {
+          // Streams end (timeouts, proxies): read again and re-watch.
+          if (!finished) setTimeout(() => start().catch((e: unknown) => finish(e instanceof Error ? e : new Error(String(e)))), err ? 500 : 0);
+        },
+      );
+    };
+    start().catch((e: unknown) => finish(e instanceof Error ? e : new Error(String(e))));
+  });
+}
+
+export async function migrate(argv: string[], io: Io): Promise<number> {
+  const { values, positionals } = parseFlags(
+    argv,
+    { ...KUBE_FLAG_OPTIONS, 'target-node': { type: 'string' }, 'target-name': { type: 'string' }, 'no-wait': { type: 'boolean' }, timeout: { type: 'string', default: '600' } },
+    true,
+  );
+  if (positionals.length !== 1) throw new InvalidArgument('usage: kubectl podvirt migrate NAME [-n NAMESPACE] [--target-node NODE] [--no-wait] [--timeout SECONDS]');
+  const timeoutS = Number(values.timeout);
+  if (!(timeoutS > 0)) throw new InvalidArgument(`--timeout must be a positive number of seconds, got "${values.timeout}"`);
+  const { kc, namespace } = loadKubeConfig(values);
+  const core = kc.makeApiClient(CoreV1Api);
+  const src = await core.readNamespacedPod({ namespace, name: positionals[0]! });
+  if (!isVmPod(src)) throw new InvalidArgument(`pod ${namespace}/${positionals[0]} is not a VM pod`);
+  const target = await core.createNamespacedPod({ namespace, body: planTargetPod(src, { name: values['target-name'], targetNode: values['target-node'] }) });
+  const tname = target.metadata!.name!;
+  io.stderr.write(`migration target pod ${namespace}/${tname} created\n`);
+  if (values['no-wait']) {
+    io.stdout.write(`${tname}\n`);
+    return 0;
+  }
+  const r = await followMigration(kc, namespace, tname, new ProgressBar(io.stderr), timeoutS * 1000);
+  if (!r.ok) {
+    io.stderr.write(`migration failed: ${r.message}\n`);
+    return 1;
+  }
+  io.stdout.write(`${namespace}/${positionals[0]} migrated to ${tname}: ${r.message}\n`);
+  return 0;
+}

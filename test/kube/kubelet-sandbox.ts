@@ -1,0 +1,119 @@
+/**
+ * What a kubelet + container runtime leave on a node for a running pod, made by hand for tests:
+ * a network namespace, a pod cgroup named `pod<uid>` with one container cgroup below it (exclusive
+ * CPUs in the cpuset on v1; the unified tree on v2), and a sleeping "compute container" process in
+ * both. The agent's discovery scans /proc for it exactly as on a real node.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { randomBytes, randomUUID } from 'node:crypto';
+import { promises as fs } from 'node:fs';
+import * as path from 'node:path';
+import { exec } from '../../lib/exec.js';
+import { sleep, waitFor } from '../../lib/backoff.js';
+import { detectCgroupLayout, type CgroupLayout } from '../../agent/sandbox/cgroup-layout.js';
+
+export interface KubeletSandbox {
+  uid: string;
+  containerId: string;
+  netnsName: string;
+  pid: number;
+  /** Container cgroup dirs (every hierarchy). */
+  containerDirs: string[];
+  layout: CgroupLayout;
+  destroy(): Promise<void>;
+}
+
+async function writeIfEmpty(file: string, fromFile: string): Promise<void> {
+  const cur = (await fs.readFile(file, 'utf8')).trim();
+  if (cur === '') await fs.writeFile(file, (await fs.readFile(fromFile, 'utf8')).trim());
+}
+
+/** Kills every process in the groups and removes them, deepest first. */
+async function removeGroups(dirs: string[]): Promise<void> {
+  for (const d of dirs) {
+    for (let i = 0; i < 50; i++) {
+      let pids: number[] = [];
+      try {
+        pids = (await fs.readFile(path.join(d, 'cgroup.procs'), 'utf8')).split('\n').filter(Boolean).map(Number);
+      } catch {
+        break;
+      }
+      for (const p of pids) {
+        try {
+          process.kill(p, 'SIGKILL');
+        } catch {
+          /* gone */
+        }
+      }
+      try {
+        await fs.rmdir(d);
+        break;
+      } catch (e) {
+        if ((e as NodeJS.ErrnoException).code === 'ENOENT') break;
+        await sleep(100);
+      }
+    }
+  }
+}
+
+/**
+ * @param parent unique top-level group name (e.g. `pvt-kube-<rand>`), removed by destroy().
+ * @param cpus CPUs of the container's cpuset (v1); all online CPUs when omitted.
+ */
+export async function createKubeletSandbox(parent: string, opts: { cpus?: string; uid?: string } = {}): Promise<KubeletSandbox> {
+  const layout = await detectCgroupLayout();
+  const uid = opts.uid ?? randomUUID();
+  const containerId = randomBytes(32).toString('hex');
+  const netnsName = `${parent}-${uid.slice(0, 8)}`;
+  const rel = [parent, `pod${uid}`, containerId];
+  const created: string[] = [];
+  const roots = layout.version === 1 ? [layout.cpuset, layout.memory] : [layout.root];
+  let child: ChildProcess | undefined;
+  const destroy = async () => {
+    if (child?.pid) {
+      try {
+        process.kill(child.pid, 'SIGKILL');
+      } catch {
+        /* gone */
+      }
+    }
+    await removeGroups([...created].reverse());
+    await exec('ip', ['netns', 'delete', netnsName]).catch(() => undefined);
+  };
+  try {
+    for (const root of roots) {
+      let dir = root;
+      for (const part of rel) {
+        const parentDir = dir;
+        dir = path.join(dir, part);
+        await fs.mkdir(dir);
+        created.push(dir);
+        if (layout.version === 1 && root === layout.cpuset) {
+          await writeIfEmpty(path.join(dir, 'cpuset.mems'), path.join(parentDir, 'cpuset.mems'));
+          if (opts.cpus && part === containerId) await fs.writeFile(path.join(dir, 'cpuset.cpus'), opts.cpus);
+          else await writeIfEmpty(path.join(dir, 'cpuset.cpus'), path.join(parentDir, 'cpuset.cpus'));
+        }
+      }
+    }
+    await exec('ip', ['netns', 'add', netnsName]);
+    await exec('ip', ['-n', netnsName, 'link', 'set', 'lo', 'up']);
+    // The "container": a process in its own netns (and, through `ip netns exec`, its own mount ns).
+    child = spawn('ip', ['netns', 'exec', netnsName, 'sleep', 'infinity'], { stdio: 'ignore', detached: true });
+    child.unref();
+    const pid = child.pid!;
+    const dirs = roots.map((r) => path.join(r, ...rel));
+    for (const d of dirs) await fs.writeFile(path.join(d, 'cgroup.procs'), String(pid));
+    // `ip netns exec` execs sleep in place: wait until the pid is sleep inside the netns.
+    await waitFor(
+      async () => {
+        const comm = (await fs.readFile(`/proc/${pid}/comm`, 'utf8').catch(() => '')).trim();
+        return comm === 'sleep' ? true : undefined;
+      },
+      { timeoutMs: 5000, what: 'sandbox process' },
+    );
+    return { uid, containerId, netnsName, pid, containerDirs: dirs, layout, destroy };
+  } catch (e) {
+    await destroy();
+    throw e;
+  }
+}
