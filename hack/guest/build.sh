@@ -32,7 +32,7 @@ if [[ ! -s "$out/vmlinuz" || ! -d "$out/modules" ]]; then
   echo "$kver" > "$out/kernel-version"
 fi
 
-want=$(cat "$here/init" "$here/dhcp-event" "$here/dirty" "$here/diskpattern" "$here/build.sh" /bin/busybox "$out/kernel-version" | sha256sum | cut -d' ' -f1)
+want=$(cat "$here/init" "$here/dhcp-event" "$here/dirty" "$here/diskpattern" "$here/pcilist" "$here/build.sh" /bin/busybox "$out/kernel-version" | sha256sum | cut -d' ' -f1)
 if [[ -s "$out/initramfs.cpio.gz" && "$(cat "$out/initramfs.stamp" 2>/dev/null)" == "$want" ]]; then
   exit 0
 fi
@@ -44,7 +44,7 @@ for a in $("$tree/bin/busybox" --list); do
   [[ -e "$tree/bin/$a" ]] || ln -s busybox "$tree/bin/$a"
 done
 install -m 0755 "$here/init" "$tree/init"
-install -m 0755 "$here/dhcp-event" "$here/dirty" "$here/diskpattern" "$tree/bin/"
+install -m 0755 "$here/dhcp-event" "$here/dirty" "$here/diskpattern" "$here/pcilist" "$tree/bin/"
 cp "$out"/modules/*.ko "$tree/lib/modules/"
 echo 'root:x:0:0:root:/root:/bin/sh' > "$tree/etc/passwd"
 echo 'PS1="guest# "' > "$tree/etc/profile"
