@@ -238,6 +238,15 @@ export class FakeApiServer extends EventEmitter {
     return this.create(r, (meta(obj).namespace as string | undefined) ?? (r.namespaced ? 'default' : undefined), structuredClone(obj));
   }
 
+  /** Replaces an object (main resource; status kept), like a PUT without a resourceVersion precondition. */
+  replaceObject(plural: string, obj: Obj, group = ''): Obj {
+    const r = this.resource(group, plural);
+    const m = meta(obj);
+    const next = structuredClone(obj);
+    delete meta(next).resourceVersion;
+    return this.update(r, r.namespaced ? (m.namespace as string) : undefined, m.name as string, next, undefined);
+  }
+
   deleteObject(plural: string, namespace: string | undefined, name: string, group = ''): void {
     const r = this.resource(group, plural);
     this.remove(r, r.namespaced ? namespace : undefined, name, 0);

@@ -32,7 +32,7 @@ async function writeIfEmpty(file: string, fromFile: string): Promise<void> {
 async function removeGroups(dirs: string[]): Promise<void> {
   for (const d of dirs) {
     for (let i = 0; i < 50; i++) {
-      let pids: number[] = [];
+      let pids: number[];
       try {
         pids = (await fs.readFile(path.join(d, 'cgroup.procs'), 'utf8')).split('\n').filter(Boolean).map(Number);
       } catch {

@@ -65,7 +65,7 @@ export function migrationState(target: V1Pod): MigrationOutcome {
   if (cond?.status === 'True' && cond.reason === 'Migrated') return { done: true, ok: true, message: cond.message ?? 'migrated' };
   if (m.phase === 'failed' || m.phase === 'cancelled') return { done: true, ok: false, message: m.message ?? `migration ${m.phase}` };
   if (cond?.status === 'False' && cond.reason && /Migration|Failed/.test(cond.reason)) return { done: true, ok: false, message: cond.message ?? cond.reason };
-  if (!target.spec?.nodeName) m = { ...m, phase: 'scheduling' };
+  if (!raw && !target.spec?.nodeName) m = { ...m, phase: 'scheduling' };
   return { done: false, progress: m };
 }
 
