@@ -34,6 +34,23 @@ export const COMMANDS: Record<string, Command> = {
     summary: 'CSI driver for node-local VM disks (--endpoint unix:///PATH --node-id ID --state-dir DIR)',
     load: async () => (await import('../csi/main.js')).main,
   },
+  run: {
+    summary: 'local mode: start the VM described by a Pod manifest (FILE)',
+    load: async () => (await import('../agent/local/main.js')).runMain,
+  },
+  ps: { summary: 'local mode: list running VM pods', load: async () => (await import('../agent/local/main.js')).psMain },
+  status: {
+    summary: 'local mode: show a VM pod (--json: the status object)',
+    load: async () => (await import('../agent/local/main.js')).statusMain,
+  },
+  console: {
+    summary: "local mode: attach to a VM's serial console (Ctrl-] detaches)",
+    load: async () => (await import('../agent/local/main.js')).consoleMain,
+  },
+  stop: {
+    summary: 'local mode: stop a VM pod and clean up (--delete-volumes also deletes its claims)',
+    load: async () => (await import('../agent/local/main.js')).stopMain,
+  },
   // agent/kube/main.ts runs the cluster agent and hands `--local` to agent/local/agent-main.ts.
   agent: {
     summary: 'node agent: in a cluster (DaemonSet); --local: the local-mode daemon that run/ps/status/stop talk to',
