@@ -26,8 +26,8 @@ export class Host {
    * Buffered loop (`--direct-io=off`): with direct I/O, loop over the QSD FUSE export returned
    * data other than what was written on this kernel (measured), so it is never used.
    */
-  async attachLoop(file: string): Promise<string> {
-    return await execText('losetup', ['--find', '--show', '--direct-io=off', file]);
+  async attachLoop(file: string, readOnly = false): Promise<string> {
+    return await execText('losetup', ['--find', '--show', '--direct-io=off', ...(readOnly ? ['--read-only'] : []), file]);
   }
 
   async detachLoop(dev: string): Promise<void> {

@@ -74,7 +74,12 @@ export async function publishTarget(ctx: DriverContext, st: StageRec, p: Publish
   await fs.mkdir(path.dirname(p.targetPath), { recursive: true });
   if (p.type === 'block') {
     await fs.writeFile(p.targetPath, '', { flag: 'a' });
-    await ctx.host.mount(st.loopDevice, p.targetPath, { bind: true });
+    let dev = st.loopDevice;
+    if (p.readonly) {
+      dev = await ctx.host.attachLoop(ctx.daemonFor(st.volumeId).exportFile, true);
+      p.roLoop = dev;
+    }
+    await ctx.host.mount(dev, p.targetPath, { bind: true });
   } else {
     await fs.mkdir(p.targetPath, { recursive: true });
     await ctx.host.mount(st.stagingPath, p.targetPath, { bind: true });
@@ -82,8 +87,9 @@ export async function publishTarget(ctx: DriverContext, st: StageRec, p: Publish
   if (p.readonly) await ctx.host.remountReadonly(p.targetPath);
 }
 
-export async function unpublishTarget(ctx: DriverContext, target: string, lazy = false): Promise<void> {
+export async function unpublishTarget(ctx: DriverContext, target: string, lazy = false, roLoop?: string): Promise<void> {
   while (await ctx.host.isMountpoint(target)) await ctx.host.umount(target, lazy);
+  if (roLoop) await ctx.host.detachLoop(roLoop);
   await fs.rm(target, { recursive: false, force: true }).catch(async (e: unknown) => {
     if (sysErrorCode(e) === 'EISDIR' || sysErrorCode(e) === 'ERR_FS_EISDIR') await fs.rmdir(target);
     else throw e;
@@ -184,7 +190,7 @@ export function nodeService(ctx: DriverContext): NodeImpl {
         try {
           await publishTarget(ctx, st, args);
         } catch (e) {
-          await unpublishTarget(ctx, targetPath).catch(() => undefined);
+          await unpublishTarget(ctx, targetPath, false, args.roLoop).catch(() => undefined);
           throw e;
         }
         ctx.state.publishes[targetPath] = args;
@@ -204,7 +210,7 @@ export function nodeService(ctx: DriverContext): NodeImpl {
           ctx.volume(id);
           return {};
         }
-        await unpublishTarget(ctx, targetPath);
+        await unpublishTarget(ctx, targetPath, false, p.roLoop);
         delete ctx.state.publishes[targetPath];
         await ctx.store.save();
         ctx.log.info({ volume: id, targetPath }, 'volume unpublished');

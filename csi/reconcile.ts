@@ -30,7 +30,7 @@ export async function reconcile(ctx: DriverContext): Promise<void> {
     }
     ctx.log.warn({ volume: vol.id, problem }, 'staged volume is broken: rebuilding it');
     const pubs = Object.values(ctx.state.publishes).filter((p) => p.volumeId === vol.id);
-    for (const p of pubs) await unpublishTarget(ctx, p.targetPath, true).catch(() => undefined);
+    for (const p of pubs) await unpublishTarget(ctx, p.targetPath, true, p.roLoop).catch(() => undefined);
     await tearDown(ctx, vol, st, true).catch((e: unknown) => ctx.log.warn({ err: errorMessage(e) }, 'teardown of broken volume'));
     try {
       st.loopDevice = await bringUp(ctx, vol, st);

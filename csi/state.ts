@@ -59,6 +59,11 @@ export interface PublishRec {
   mode: Mode;
   readonly: boolean;
   mountFlags: string[];
+  /**
+   * A read-only block publish gets its own read-only loop device on the same export: the
+   * kernel lets anyone open a device node for writing even on a read-only bind mount.
+   */
+  roLoop?: string;
 }
 
 export interface CsiState {
