@@ -111,19 +111,19 @@ class Controller implements DevicePluginHandle {
     // Watches first, so nothing that happens during the first scan is missed.
     this.watchers.push(new DirWatcher([this.o.kubeletDir], (_d, name) => this.onKubeletDirEvent(name)));
     this.watchers.push(
-      new DirWatcher([this.o.devRoot, path.join(this.o.devRoot, 'net'), path.join(this.o.devRoot, 'vfio')], () => void this.reconcile()),
+      new DirWatcher([this.o.devRoot, path.join(this.o.devRoot, 'net'), path.join(this.o.devRoot, 'vfio')], () => this.background(this.reconcile())),
     );
     if (this.o.configFile) {
       const file = path.resolve(this.o.configFile);
       // Any event in the directory: editors and ConfigMap mounts replace files via renames and symlinks.
-      this.watchers.push(new DirWatcher([path.dirname(file)], () => void this.reloadConfig()));
+      this.watchers.push(new DirWatcher([path.dirname(file)], () => this.background(this.reloadConfig())));
     }
     await this.reconcile();
     this.loop = this.registrationLoop();
     const resync = this.o.resyncMs ?? 30_000;
     if (resync > 0) {
       this.timer = setInterval(() => {
-        void this.reconcile();
+        this.background(this.reconcile());
         this.wake();
       }, resync);
       this.timer.unref();
@@ -162,6 +162,11 @@ class Controller implements DevicePluginHandle {
       await Promise.all([...this.servers.values()].map((s) => s.stop()));
       this.servers.clear();
     });
+  }
+
+  /** For event handlers: failures are already logged by `serial`, and must not become unhandled rejections. */
+  private background(p: Promise<void>): void {
+    p.catch(() => undefined);
   }
 
   private serial(fn: () => Promise<void>): Promise<void> {
@@ -260,7 +265,7 @@ class Controller implements DevicePluginHandle {
     if (this.stopped) return;
     if (name === null || name === KUBELET_SOCKET) this.wake();
     for (const s of this.servers.values()) {
-      if (name === null || name === path.basename(s.socketPath)) void this.ensureServing(s.resourceName);
+      if (name === null || name === path.basename(s.socketPath)) this.background(this.ensureServing(s.resourceName));
     }
   }
 
