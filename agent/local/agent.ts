@@ -162,11 +162,14 @@ export class LocalAgent {
     const shape = this.o.vmShape(pod.vmSpec);
     const rec: PodRecord = (await this.store.loadPod(pod.name)) ?? { name: pod.name, createdAt: new Date().toISOString(), claims: {}, macs: {} };
     const undo: Undo[] = [];
+    const t0 = performance.now();
+    const mark = (step: string) => this.o.log.info({ pod: pod.name, step, ms: Math.round(performance.now() - t0) }, 'run step done');
     const cpuCount = Math.max(shape.cpus + shape.extraCpus, pod.cpuLimit ?? 0);
     const memoryBytes = pod.memoryLimitBytes ?? shape.memoryBytes + (this.o.memoryOverheadBytes ?? 768 << 20);
     try {
       const sb = await this.o.sandboxes.create(pod.name, cpuCount, memoryBytes);
       undo.push(() => this.o.sandboxes.destroy(pod.name));
+      mark('sandbox');
       const rt: RuntimeRecord = {
         name: pod.name,
         manifest,
@@ -192,6 +195,7 @@ export class LocalAgent {
       undo.push(async () => this.o.devices.release(grant.ids));
       rt.devices = grant.ids;
       await this.store.saveRuntime(rt);
+      mark('devices');
 
       // Volumes: provision (kept across runs for PVCs), stage, publish.
       for (const claim of pod.claims) {
@@ -205,11 +209,15 @@ export class LocalAgent {
         rt.volumes.push(att);
         await this.store.saveRuntime(rt);
       }
+      mark('volumes');
 
       // Networks: CNI ADD per selection into the pod netns; the tap keeps its MAC across runs.
+      // No annotation: the embedded default network plays the cluster network, if the VM has a NIC at all.
       const selections: NetworkSelection[] = pod.networks.length
         ? pod.networks
-        : [{ name: DEFAULT_NETWORK, namespace: undefined, interface: undefined, mac: undefined, ips: undefined }];
+        : shape.wantsTun
+          ? [{ name: DEFAULT_NETWORK, namespace: undefined, interface: undefined, mac: undefined, ips: undefined }]
+          : [];
       const containerId = `podvirt-${pod.name}-${randomBytes(4).toString('hex')}`;
       for (const [i, sel] of selections.entries()) {
         const ifname = sel.interface ?? `net${i + 1}`;
@@ -235,6 +243,7 @@ export class LocalAgent {
       }
       this.addLeases(pod.name, rt.attachments);
       undo.push(async () => this.o.dhcp.removeOwner(pod.name));
+      mark('networks');
 
       // The "container": QEMU in the sandbox, pinned, with the recorded topology replayed.
       const started = await this.o.vms.start({
@@ -247,6 +256,7 @@ export class LocalAgent {
         topology: rec.topology,
       });
       undo.push(() => this.o.vms.stop(pod.name, 5000));
+      mark('vm');
       rt.vm = started.handle;
       await this.store.saveRuntime(rt);
       if (rec.topology === undefined) {
