@@ -109,6 +109,37 @@ describe('device-plugin: against a kubelet emulator over real unix sockets', fun
     await kubelet.waitForResource(KVM, (r) => r.healthy.length === 5, WAIT);
   });
 
+  it('broadcasts every snapshot to every open ListAndWatch stream', async () => {
+    host.addNode('kvm');
+    await start({ maxDevices: 2, deviceNodes: ['kvm'] });
+    await kubelet.waitForResource(KVM, (r) => r.healthy.length === 2, WAIT);
+    // A second stream next to the kubelet's, as after a re-registration while the old one closes.
+    const client = kubelet.client(KVM);
+    const stream = client.ListAndWatch({});
+    const seen: string[][] = [];
+    const healthOf = (devices: Array<{ health: string }>) => devices.map((d) => d.health);
+    let first: () => void = () => undefined;
+    const opened = new Promise<void>((resolve) => (first = resolve));
+    const unhealthy = new Promise<void>((resolve) =>
+      stream.on('data', (m: { devices: Array<{ health: string }> }) => {
+        seen.push(healthOf(m.devices));
+        first();
+        if (m.devices.every((d) => d.health === 'Unhealthy')) resolve();
+      }),
+    );
+    stream.on('error', () => undefined);
+    try {
+      await opened; // the initial snapshot arrives once the stream is in the server's set
+      assert.equal(dp!.resources()[0]!.openStreams, 2);
+      host.removeNode('kvm');
+      await unhealthy;
+      await kubelet.waitForResource(KVM, (r) => r.healthy.length === 0, WAIT);
+      assert.deepEqual(seen[0], ['Healthy', 'Healthy']);
+    } finally {
+      stream.cancel();
+    }
+  });
+
   it('watches a parent dir that does not exist at start (tun appears under a new net/)', async () => {
     host.addNode('kvm');
     await start({ maxDevices: 2 });
