@@ -18,11 +18,7 @@ export const CLUSTER_AGENT_USAGE = `usage: podvirt agent [--node-name NODE] [--k
 SERVER: device-plugin, csi, cni, dhcp, cni-install`;
 
 export async function main(argv: string[]): Promise<number> {
-  if (argv.includes('--local')) {
-    // Resolved at run time: local mode is built and committed separately from the cluster agent.
-    const localMain: string = '../local/agent-main.js';
-    return ((await import(localMain)) as { agentMain: (a: string[]) => Promise<number> }).agentMain(argv);
-  }
+  if (argv.includes('--local')) return (await import('../local/agent-main.js')).agentMain(argv);
   const { values: f } = parseFlags(argv, {
     'node-name': { type: 'string' },
     kubeconfig: { type: 'string' },

@@ -278,6 +278,9 @@ export function statusJson(r: VmReport): string {
     vcpuThreads: r.vcpuThreads,
     ...(r.netns ? { netns: r.netns } : {}),
     ...(r.cgroup ? { cgroup: r.cgroup } : {}),
+    ...(r.serialLog ? { serialLog: r.serialLog } : {}),
+    // A node path: `kubectl podvirt console` hands it to `podvirt console-attach` in the agent pod.
+    ...(r.consoleSocket ? { consoleSocket: r.consoleSocket } : {}),
   });
 }
 

@@ -21,6 +21,7 @@ import * as path from 'node:path';
 import { KubeConfig } from '@kubernetes/client-node';
 import { parseFieldSelector, parseLabelSelector, SelectorError, type Matcher, type Obj } from './selectors.js';
 import { jsonPatch, mergePatch, PatchError, strategicMergePatch } from './patch.js';
+import { handleExecUpgrade, type ExecHandler } from './fake-exec.js';
 
 export interface ResourceDef {
   group: string;
@@ -76,6 +77,8 @@ export interface FakeApiServerOptions {
   gracefulPodDeletion?: boolean;
 }
 
+export type { ExecHandler, ExecRequest } from './fake-exec.js';
+
 interface Fault {
   method: string;
   pathIncludes: string;
@@ -111,6 +114,8 @@ export class FakeApiServer extends EventEmitter {
   private compactedRv = 0;
   private port = 0;
   private readonly opts: Required<FakeApiServerOptions>;
+  /** Runs pods/exec commands (the test plays the container runtime); exec is refused without one. */
+  execHandler: ExecHandler | undefined;
 
   constructor(opts: FakeApiServerOptions = {}) {
     super();
@@ -118,6 +123,10 @@ export class FakeApiServer extends EventEmitter {
     for (const r of RESOURCES) this.store.set(resKey(r), new Map());
     this.server = http.createServer((req, res) => {
       this.handle(req, res).catch((e: unknown) => this.sendStatus(res, 500, 'InternalError', String(e)));
+    });
+    this.server.on('upgrade', (req: http.IncomingMessage, socket: import('node:stream').Duplex) => {
+      this.requests.push({ method: 'GET', path: new URL(req.url ?? '/', 'http://x').pathname, query: {}, contentType: undefined });
+      if (!handleExecUpgrade(req, socket, this.token, this.execHandler)) socket.end('HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n');
     });
   }
 
