@@ -326,6 +326,24 @@ describe('device-plugin: against a kubelet emulator over real unix sockets', fun
     assert.equal(kubelet.resource(KVM)!.connected, true);
   });
 
+  it('follows a ConfigMap-style update (the ..data symlink swapped by rename)', async () => {
+    host.addNode('kvm');
+    const cm = path.join(host.root, 'cm');
+    await fs.mkdir(path.join(cm, '..v1'), { recursive: true });
+    writeFileSync(path.join(cm, '..v1', 'dp.yaml'), 'maxDevices: 2\n');
+    await fs.symlink('..v1', path.join(cm, '..data'));
+    await fs.symlink('..data/dp.yaml', path.join(cm, 'dp.yaml'));
+    await start(undefined, path.join(cm, 'dp.yaml'));
+    await kubelet.waitForResource(KVM, (r) => r.devices.length === 2, WAIT);
+    await fs.mkdir(path.join(cm, '..v2'));
+    writeFileSync(path.join(cm, '..v2', 'dp.yaml'), 'maxDevices: 5\n');
+    await fs.symlink('..v2', path.join(cm, '..data_tmp'));
+    const applied = once(dp!.events, 'config-applied');
+    await fs.rename(path.join(cm, '..data_tmp'), path.join(cm, '..data'));
+    await applied;
+    await kubelet.waitForResource(KVM, (r) => r.devices.length === 5 && r.healthy.length === 5, WAIT);
+  });
+
   it('rejects a malformed config naming the key and keeps the last good one', async () => {
     host.addNode('kvm');
     const file = path.join(host.root, 'dp.json');
