@@ -9,6 +9,8 @@
  *   const kvm = await kubelet.waitForResource('devices.kubevirt.io/kvm', (r) => r.healthy.length > 0, 5000);
  *   const a = await kubelet.allocate('devices.kubevirt.io/kvm', 1);   // { deviceIds, response }
  *   kubelet.release('devices.kubevirt.io/kvm', a.deviceIds);
+ *   const c = await kubelet.allocateContainer({ 'devices.kubevirt.io/kvm': 1, 'devices.kubevirt.io/tun': 1 });
+ *   // c.devices / c.envs / c.cdiDevices merged over resources; all or nothing
  *   await kubelet.restart({ downMs: 100 }); // kubelet restart: sockets removed, kubelet.sock re-created
  *   await kubelet.stop();
  *
@@ -69,6 +71,19 @@ export interface KubeletResource {
 export interface Allocation {
   deviceIds: string[];
   response: ContainerAllocateResponse__Output;
+}
+
+/** Everything one container gets from several resources, merged the way a runtime applies it. */
+export interface ContainerDevices {
+  /** Per resource: the IDs and the plugin's raw response. */
+  allocations: Record<string, Allocation>;
+  /** Device nodes, one per host path. */
+  devices: Array<{ containerPath: string; hostPath: string; permissions: string }>;
+  envs: Record<string, string>;
+  mounts: Array<{ containerPath: string; hostPath: string; readOnly: boolean }>;
+  annotations: Record<string, string>;
+  /** Fully qualified CDI device names, without duplicates. */
+  cdiDevices: string[];
 }
 
 interface Entry {
@@ -274,6 +289,34 @@ export class KubeletDeviceManager extends EventEmitter {
     for (const id of ids) taken.add(id);
     this.allocated.set(resourceName, taken);
     return { deviceIds: ids, response: res.container_responses[0]! };
+  }
+
+  /**
+   * Allocates counts of several resources for one container (`{ 'devices.kubevirt.io/kvm': 1, ... }`)
+   * and merges the responses. All or nothing: when one resource fails, what was already allocated
+   * is released and the error is rethrown.
+   */
+  async allocateContainer(requests: Record<string, number>): Promise<ContainerDevices> {
+    const out: ContainerDevices = { allocations: {}, devices: [], envs: {}, mounts: [], annotations: {}, cdiDevices: [] };
+    try {
+      for (const [resource, count] of Object.entries(requests)) {
+        const a = await this.allocate(resource, count);
+        out.allocations[resource] = a;
+        for (const d of a.response.devices) {
+          if (!out.devices.some((x) => x.hostPath === d.host_path)) {
+            out.devices.push({ containerPath: d.container_path, hostPath: d.host_path, permissions: d.permissions });
+          }
+        }
+        Object.assign(out.envs, a.response.envs);
+        Object.assign(out.annotations, a.response.annotations);
+        for (const m of a.response.mounts) out.mounts.push({ containerPath: m.container_path, hostPath: m.host_path, readOnly: m.read_only });
+        for (const c of a.response.cdi_devices) if (!out.cdiDevices.includes(c.name)) out.cdiDevices.push(c.name);
+      }
+    } catch (e) {
+      for (const [resource, a] of Object.entries(out.allocations)) this.release(resource, a.deviceIds);
+      throw e;
+    }
+    return out;
   }
 
   /** Returns devices to the pool (the pod went away). */

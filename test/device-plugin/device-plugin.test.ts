@@ -91,6 +91,22 @@ describe('device-plugin: against a kubelet emulator over real unix sockets', fun
     ]);
   });
 
+  it('allocateContainer merges several resources for one container, all or nothing', async () => {
+    host.addNode('kvm');
+    host.addNode('net/tun');
+    host.addStandardVfio();
+    await start({ maxDevices: 2, pciHostDevices: [{ pciVendorSelector: '8086:1572', resourceName: NIC }] });
+    await kubelet.waitForResource(TUN, (r) => r.healthy.length === 2, WAIT);
+    await kubelet.waitForResource(NIC, (r) => r.healthy.length === 2, WAIT);
+    const c = await kubelet.allocateContainer({ [KVM]: 1, [TUN]: 1, [NIC]: 1 });
+    assert.deepEqual(c.devices.map((d) => d.hostPath), ['/dev/kvm', '/dev/net/tun', '/dev/vfio/vfio', '/dev/vfio/70']);
+    assert.deepEqual(c.envs, { PCI_RESOURCE_INTEL_COM_X710: c.allocations[NIC]!.deviceIds[0]! });
+    assert.deepEqual(c.cdiDevices, ['podvirt.io/device=kvm', 'podvirt.io/device=tun', 'podvirt.io/device=vfio', 'podvirt.io/device=vfio-70']);
+    // kvm has 1 left, the NIC 1 left, but 2 NICs cannot be had: nothing stays allocated.
+    await assert.rejects(kubelet.allocateContainer({ [KVM]: 1, [NIC]: 2 }), /insufficient intel.com\/X710: requested 2, available 1/);
+    assert.equal(kubelet.resource(KVM)!.allocated.length, 1);
+  });
+
   it('turns every ID Unhealthy when the node is removed and Healthy when it returns (ListAndWatch)', async () => {
     host.addNode('kvm');
     await start({ maxDevices: 5, deviceNodes: ['kvm'] });
