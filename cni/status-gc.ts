@@ -26,10 +26,11 @@ export async function cmdGc(ctx: CniContext, conf: NetConf): Promise<void> {
   const group = attachmentNames(conf.name, '', '').hostGroup;
   const errors: unknown[] = [];
   try {
+    // iproute2 prints `{}` for every link outside the group.
     const links = JSON.parse((await ctx.deps.exec('ip', ['-j', 'link', 'show', 'group', String(group)], { timeoutMs: 30_000 })).stdout || '[]') as {
-      ifname: string;
+      ifname?: string;
     }[];
-    const stale = links.map((l) => l.ifname).filter((n) => n.startsWith('pvh') && !keep.has(n));
+    const stale = links.map((l) => l.ifname ?? '').filter((n) => n.startsWith('pvh') && !keep.has(n));
     if (stale.length) {
       ctx.logger.info({ links: stale }, 'GC: removing stale attachments');
       await runBatch(ctx.deps, null, 'ip', stale.map((n) => `link del ${n}`), true);
