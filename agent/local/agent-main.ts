@@ -7,7 +7,8 @@ import { CniBackend } from './cni-backend.js';
 import { CsiBackend } from './csi-backend.js';
 import { startLocalDaemon } from './daemon.js';
 import { PATH_FLAGS, localPaths } from './paths.js';
-import { createVmBackend, vmShape } from './vm-backend.js';
+import { createVmBackend } from './vm-backend.js';
+import { vmShape } from './vm-shape.js';
 import { availableParallelism } from 'node:os';
 
 export const AGENT_USAGE =

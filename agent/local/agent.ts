@@ -1,17 +1,19 @@
 import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
 import { randomBytes } from 'node:crypto';
-import { AlreadyExists, Aborted, FailedPrecondition, NotFound, errorMessage } from '../../lib/errors.js';
+import { AlreadyExists, Aborted, FailedPrecondition, InvalidArgument, NotFound, errorMessage } from '../../lib/errors.js';
 import { exec } from '../../lib/exec.js';
 import type { Logger } from '../../lib/log.js';
 import { DhcpServer } from '../dhcp/server.js';
 import { SandboxManager, type PodSandbox } from '../sandbox/sandbox.js';
 import type { LocalDevices, DeviceGrant } from './devices.js';
-import { parseLocalManifest, type LocalPod, type NetworkSelection } from './manifest.js';
+import { NETWORKS_ANNOTATION, parseLocalManifest, type LocalPod, type NetworkSelection } from './manifest.js';
 import { DEFAULT_NETWORK, resolveNetworkConfig, splitCidr } from './networks.js';
 import { PodStore, type AttachmentRecord, type PodRecord, type RuntimeRecord } from './pod-store.js';
 import { podRunDir, type LocalPaths } from './paths.js';
 import type { NetworkBackend, VmBackend, VmLiveStatus, VolumeBackend } from './backends.js';
+import type { VmShape } from './vm-shape.js';
+import { podVmInput } from '../spec/index.js';
 
 export interface LocalAgentOptions {
   paths: LocalPaths;
@@ -27,7 +29,7 @@ export interface LocalAgentOptions {
   /** VM memory overhead added to the guest's RAM for the pod's memory limit when the pod sets none. */
   memoryOverheadBytes?: number;
   /** How many vCPUs and whether the emulator thread gets its own CPU: from agent core's spec parser. */
-  vmShape: (specText: string) => { cpus: number; memoryBytes: number; extraCpus: number; wantsTun: boolean; wantsKvm: boolean };
+  vmShape: (specText: string) => VmShape;
 }
 
 /** `podvirt status --json`: the contract fields first (cli.md 5.3), then the rest. */
@@ -160,6 +162,7 @@ export class LocalAgent {
       throw new FailedPrecondition(`pod ${pod.name} has leftovers of an earlier run (its VM is gone): run "podvirt stop ${pod.name}" first`);
     }
     const shape = this.o.vmShape(pod.vmSpec);
+    podVmInput(pod.raw); // disks name volumes the container has, in the right form
     const rec: PodRecord = (await this.store.loadPod(pod.name)) ?? { name: pod.name, createdAt: new Date().toISOString(), claims: {}, macs: {} };
     const undo: Undo[] = [];
     const t0 = performance.now();
@@ -212,18 +215,21 @@ export class LocalAgent {
       mark('volumes');
 
       // Networks: CNI ADD per selection into the pod netns; the tap keeps its MAC across runs.
-      // No annotation: the embedded default network plays the cluster network, if the VM has a NIC at all.
-      const selections: NetworkSelection[] = pod.networks.length
-        ? pod.networks
-        : shape.wantsTun
-          ? [{ name: DEFAULT_NETWORK, namespace: undefined, interface: undefined, mac: undefined, ips: undefined }]
-          : [];
+      // The pod network (`pod` in the VM spec) is the embedded default network, as eth0.
+      const selections: NetworkSelection[] = [...pod.networks];
+      const podNet: NetworkSelection = { name: DEFAULT_NETWORK, namespace: undefined, interface: 'eth0', mac: undefined, ips: undefined };
+      if (shape.networks.includes('pod')) selections.unshift(podNet);
+      for (const n of shape.networks) {
+        if (n !== 'pod' && !selections.some((x) => x.name === n)) {
+          throw new InvalidArgument(`VM interface network "${n}" is not attached to the pod (add it to ${NETWORKS_ANNOTATION}, or use "pod")`);
+        }
+      }
       const containerId = `podvirt-${pod.name}-${randomBytes(4).toString('hex')}`;
       for (const [i, sel] of selections.entries()) {
         const ifname = sel.interface ?? `net${i + 1}`;
         const config = await resolveNetworkConfig(sel.name, pod.nads, this.o.networksDir, path.join(this.o.paths.stateDir, 'ipam'));
         const key = `${sel.name}/${ifname}`;
-        const att = await this.o.networks.add({
+        const added = await this.o.networks.add({
           pod,
           containerId,
           netns: sb.netns,
@@ -234,6 +240,7 @@ export class LocalAgent {
           uid: this.o.vms.uid,
           gid: this.o.vms.gid,
         });
+        const att = { ...added, vmNetwork: podNet === sel ? 'pod' : sel.name };
         undo.push(() => this.o.networks.del(att, sb.netns));
         rt.attachments.push(att);
         rec.macs[key] = att.mac;

@@ -72,6 +72,7 @@ export class CniBackend implements NetworkBackend {
     const name = typeof config.name === 'string' ? config.name : i.selection.name;
     return {
       network: name,
+      vmNetwork: i.selection.name,
       ifname: i.ifname,
       containerId: i.containerId,
       mac: itf?.mac ?? i.mac ?? '',

@@ -51,6 +51,8 @@ export interface LocalPod {
   memoryLimitBytes: number | undefined;
   /** Extended resources requested (`devices.kubevirt.io/kvm: 1`, ...). */
   deviceResources: Record<string, number>;
+  /** The Pod object as parsed (for agent/spec's pod-level checks). */
+  raw: Record<string, unknown>;
 }
 
 type Obj = Record<string, unknown>;
@@ -165,6 +167,7 @@ export function parseLocalManifest(text: string): LocalPod {
     cpuLimit: limits.cpu !== undefined ? wholeCpus(limits.cpu) : undefined,
     memoryLimitBytes: limits.memory !== undefined ? parseBytes(limits.memory, 'resources.limits.memory') : undefined,
     deviceResources,
+    raw: pod,
   };
 }
 

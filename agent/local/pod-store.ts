@@ -30,7 +30,10 @@ export interface PodRecord {
 
 /** One CNI attachment of a running pod. */
 export interface AttachmentRecord {
+  /** The NAD's network name (the CNI config's `name`). */
   network: string;
+  /** What the VM spec's `interfaces[].network` calls it: the NAD name, or `pod` for the pod network. */
+  vmNetwork: string;
   ifname: string;
   containerId: string;
   mac: string;
