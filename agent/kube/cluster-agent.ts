@@ -73,6 +73,13 @@ export class ClusterAgent {
       log: o.log.child({ part: 'reconciler' }),
       ...(o.stopTimeoutMs !== undefined ? { stopTimeoutMs: o.stopTimeoutMs } : {}),
       ...(o.retryInitialMs !== undefined ? { retryInitialMs: o.retryInitialMs } : {}),
+      onMigrationProgress: (key, p) => {
+        const [namespace, pod] = key.split('/') as [string, string];
+        if (p.transferredBytes !== undefined) this.metrics.migrationTransferred.set({ namespace, pod }, p.transferredBytes);
+        if (p.remainingBytes !== undefined) this.metrics.migrationRemaining.set({ namespace, pod }, p.remainingBytes);
+        if (p.downtimeMs !== undefined) this.metrics.migrationDowntime.set({ namespace, pod }, p.downtimeMs / 1000);
+        if (p.totalTimeMs !== undefined) this.metrics.migrationTotalTime.set({ namespace, pod }, p.totalTimeMs / 1000);
+      },
     });
     this.metrics = new AgentMetrics({
       vms: () =>
@@ -90,6 +97,7 @@ export class ClusterAgent {
             },
           ];
         }),
+      stats: () => this.reconciler.stats,
       pods: () => this.informer.list(),
       node: () => this.nodeObj,
       ...(o.volumes ? { volumes: o.volumes } : {}),

@@ -28,6 +28,8 @@ export interface VolumeFigures {
 
 export interface MetricsSources {
   vms: () => VmMetricSource[];
+  /** Cumulative reconciler figures. */
+  stats?: () => { starts: number; adoptions: number; stops: number; failures: number; migrations: number };
   pods: () => readonly V1Pod[];
   node: () => V1Node | undefined;
   volumes?: () => Promise<VolumeFigures | undefined>;
@@ -84,11 +86,7 @@ export function allocatedDevices(pods: readonly V1Pod[]): Map<string, number> {
 
 export class AgentMetrics {
   readonly registry = new Registry();
-  readonly vmStarts: Counter;
-  readonly vmStops: Counter;
-  readonly vmFailures: Counter;
   readonly watchRestarts: Counter;
-  readonly migrations: Counter;
   readonly migrationDowntime: Gauge;
   readonly migrationTotalTime: Gauge;
   readonly migrationTransferred: Gauge;
@@ -99,11 +97,23 @@ export class AgentMetrics {
     const r = this.registry;
     const procRoot = src.procRoot ?? '/proc';
     collectDefaultMetrics({ register: r, prefix: 'podvirt_agent_' });
-    this.vmStarts = new Counter({ name: 'podvirt_vm_starts_total', help: 'VMs started by this agent', registers: [r], labelNames: ['how'] });
-    this.vmStops = new Counter({ name: 'podvirt_vm_stops_total', help: 'VMs stopped by this agent', registers: [r] });
-    this.vmFailures = new Counter({ name: 'podvirt_vm_failures_total', help: 'VM start failures and crashes', registers: [r] });
+    const stats = src.stats ?? (() => ({ starts: 0, adoptions: 0, stops: 0, failures: 0, migrations: 0 }));
+    new Counter({
+      name: 'podvirt_vm_starts_total',
+      help: 'VMs brought up by this agent, by how (started, adopted after an agent restart, migrated in)',
+      registers: [r],
+      labelNames: ['how'],
+      collect() {
+        const s = stats();
+        this.reset();
+        this.inc({ how: 'started' }, s.starts);
+        this.inc({ how: 'adopted' }, s.adoptions);
+        this.inc({ how: 'migrated' }, s.migrations);
+      },
+    });
+    new Counter({ name: 'podvirt_vm_stops_total', help: 'VMs stopped by this agent', registers: [r], collect() { this.reset(); this.inc(stats().stops); } });
+    new Counter({ name: 'podvirt_vm_failures_total', help: 'VM start failures and crashes', registers: [r], collect() { this.reset(); this.inc(stats().failures); } });
     this.watchRestarts = new Counter({ name: 'podvirt_agent_watch_restarts_total', help: 'Pod watch restarts after errors', registers: [r] });
-    this.migrations = new Counter({ name: 'podvirt_vm_migrations_total', help: 'Incoming migrations by result', registers: [r], labelNames: ['result'] });
     const migLabels = ['namespace', 'pod'];
     this.migrationDowntime = new Gauge({ name: 'podvirt_vm_migration_downtime_seconds', help: 'Downtime of the last migration into the VM', registers: [r], labelNames: migLabels });
     this.migrationTotalTime = new Gauge({ name: 'podvirt_vm_migration_total_time_seconds', help: 'Duration of the last migration into the VM', registers: [r], labelNames: migLabels });

@@ -13,7 +13,7 @@ import { ANN_CONTAINER, ANN_MIGRATE_FROM, ANN_MIGRATION, ANN_SPEC, ANN_STATUS, A
 import { runtimeIdOf, type DiscoveredSandbox } from './pod-discovery.js';
 import { podKey } from './pod-informer.js';
 import type { PodRef, PodWriter } from './pod-writer.js';
-import type { MigrationHandoff, VmExit, VmReport, VmRuntime, VmTarget } from './vm-runtime.js';
+import type { MigrationHandoff, MigrationProgress, VmExit, VmReport, VmRuntime, VmTarget } from './vm-runtime.js';
 
 export interface ReconcilerDeps {
   node: string;
@@ -24,6 +24,7 @@ export interface ReconcilerDeps {
   getPod: (key: string) => V1Pod | undefined;
   discover: (podUid: string, containerId: string | undefined) => Promise<DiscoveredSandbox>;
   migration?: MigrationHandoff;
+  onMigrationProgress?: (key: string, p: MigrationProgress) => void;
   log: Logger;
   stopTimeoutMs?: number;
   /** Retry delays while the pod's container is not running yet or a start failed. */
@@ -146,6 +147,7 @@ export class PodReconciler {
     const target: VmTarget = { key, pod, specText: ann[ANN_SPEC]!, sandbox, topology };
     let report: VmReport;
     let how: 'Started' | 'Adopted' | 'Migrated';
+    let migrating: string | undefined;
     try {
       const adopted = await this.d.runtime.adopt(target);
       if (adopted) {
@@ -158,15 +160,25 @@ export class PodReconciler {
         }
         const source = ann[ANN_MIGRATE_FROM];
         await this.d.events.record(pod, 'Normal', 'Migrating', `migrating VM from ${source}`);
+        migrating = source;
         report = await this.d.migration.migrateInto(target, source, (p) => {
+          this.d.onMigrationProgress?.(key, p);
           void this.d.writer.annotate(this.ref(pod), { [ANN_MIGRATION]: JSON.stringify({ source, ...p }) }).catch(() => undefined);
         });
+        await this.d.writer.annotate(this.ref(pod), { [ANN_MIGRATION]: JSON.stringify({ source, phase: 'completed', percent: 100 }) }).catch(() => undefined);
         how = 'Migrated';
       } else {
         report = await this.d.runtime.start(target);
         how = 'Started';
       }
     } catch (e) {
+      if (migrating) {
+        // A failed migration is final for this target pod: the source keeps running; a new
+        // attempt is a new target pod.
+        await this.d.writer.annotate(this.ref(pod), { [ANN_MIGRATION]: JSON.stringify({ source: migrating, phase: 'failed', message: errorMessage(e) }) }).catch(() => undefined);
+        await this.fail(key, pod, 'MigrationFailed', errorMessage(e), false);
+        return;
+      }
       const invalid = isPodvirtError(e) && e.kind === 'InvalidArgument';
       await this.fail(key, pod, invalid ? 'InvalidSpec' : 'StartFailed', errorMessage(e), !invalid);
       return;
@@ -230,6 +242,9 @@ export class PodReconciler {
       await this.write(key, pod, { [ANN_STATUS]: JSON.stringify({ phase: 'Failed', reason, message }) }, { status: 'False', reason, message });
     }
     if (retry) this.scheduleRetry(key);
+    // Not retried (bad spec, failed migration): remembered so resyncs do not try again; a new pod
+    // (new UID) starts afresh.
+    else this.vms.set(key, { state: 'exited', uid: pod.metadata!.uid!, phase: 'Failed', reason });
   }
 
   private async write(key: string, pod: V1Pod, annotations: Record<string, string | null>, cond: { status: 'True' | 'False'; reason: string; message: string } | undefined): Promise<void> {

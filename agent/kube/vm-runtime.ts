@@ -62,6 +62,15 @@ export interface VmRuntime {
   query?(key: string, command: string): Promise<unknown>;
 }
 
+export interface MigrationProgress {
+  phase: string;
+  percent?: number;
+  transferredBytes?: number;
+  remainingBytes?: number;
+  downtimeMs?: number;
+  totalTimeMs?: number;
+}
+
 /** Handing a migration target pod over to the migration machinery is this one call. */
 export interface MigrationHandoff {
   /**
@@ -72,6 +81,6 @@ export interface MigrationHandoff {
   migrateInto(
     target: VmTarget,
     source: string,
-    progress: (p: { phase: string; percent?: number; transferredBytes?: number; remainingBytes?: number }) => void,
+    progress: (p: MigrationProgress) => void,
   ): Promise<VmReport>;
 }
