@@ -117,13 +117,18 @@ class Controller implements DevicePluginHandle {
       const file = path.resolve(this.o.configFile);
       // Any event in the directory: editors and ConfigMap mounts replace files via renames and symlinks.
       this.watchers.push(new DirWatcher([path.dirname(file)], () => this.background(this.reloadConfig())));
+      // An edit between the initial read and the watch would otherwise go unseen.
+      this.background(this.reloadConfig());
     }
     await this.reconcile();
     this.loop = this.registrationLoop();
     const resync = this.o.resyncMs ?? 30_000;
     if (resync > 0) {
       this.timer = setInterval(() => {
+        // The safety net for everything a watch can miss: sysfs changes, a dead watch on the
+        // kubelet dir (own socket gone), a kubelet instance we have not registered with.
         this.background(this.reconcile());
+        for (const name of this.servers.keys()) this.background(this.ensureServing(name));
         this.wake();
       }, resync);
       this.timer.unref();

@@ -40,7 +40,7 @@ describe('device-plugin: against a kubelet emulator over real unix sockets', fun
     host.cleanup();
   });
 
-  const start = async (config?: object, configFile?: string) => {
+  const start = async (config?: object, configFile?: string, resyncMs = 0) => {
     dp = await startDevicePlugin({
       kubeletDir: host.kubeletDir,
       devRoot: host.dev,
@@ -49,7 +49,7 @@ describe('device-plugin: against a kubelet emulator over real unix sockets', fun
       logger: silentLogger,
       config,
       configFile,
-      resyncMs: 0,
+      resyncMs,
     });
     return dp;
   };
@@ -297,6 +297,15 @@ describe('device-plugin: against a kubelet emulator over real unix sockets', fun
     host.setDriver('0000:86:00.1', 'vfio-pci');
     await dp!.reconcile();
     await kubelet.waitForResource(GPU, (x) => x.healthy.length === 3, WAIT);
+  });
+
+  it('the periodic rescan picks up a sysfs change with no file event at all', async () => {
+    host.addStandardVfio();
+    await start({ deviceNodes: [], pciHostDevices: [{ pciVendorSelector: '10DE:1EB8', resourceName: GPU }] }, undefined, 100);
+    await kubelet.waitForResource(GPU, (r) => r.healthy.length === 3, WAIT);
+    host.setDriver('0000:3c:00.0', null);
+    const r = await kubelet.waitForResource(GPU, (x) => x.healthy.length === 2, WAIT);
+    assert.deepEqual(r.healthy, ['0000:3b:00.0', '0000:86:00.0']);
   });
 
   it('serves mediated devices by type name with MDEV_PCI_RESOURCE_ env of UUIDs', async () => {
