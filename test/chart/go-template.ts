@@ -432,10 +432,14 @@ export function goJson(v: Value): string {
     .replace(/\u2029/g, '\\u2029');
 }
 
-/** Helm's toYaml (sigs.k8s.io/yaml): sorted keys, block style, unindented sequences, no trailing newline. */
+/**
+ * Helm's toYaml (sigs.k8s.io/yaml over go-yaml v2): sorted keys, block style, unindented
+ * sequences, no trailing newline, and strings that YAML 1.1 would read as something else
+ * ("yes", "on", "0x1f", "12:30") quoted.
+ */
 export function goYaml(v: Value): string {
   if (v === null || v === undefined) return 'null';
-  return yamlStringify(sortKeys(v), { sortMapEntries: true, indentSeq: false, lineWidth: 0 }).replace(/\n$/, '');
+  return yamlStringify(sortKeys(v), { version: '1.1', sortMapEntries: true, indentSeq: false, lineWidth: 0 }).replace(/\n$/, '');
 }
 
 function toInt(v: Value, fn: string, where: string): number {
