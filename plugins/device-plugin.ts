@@ -299,10 +299,12 @@ class Controller implements DevicePluginHandle {
    */
   private async registrationLoop(): Promise<void> {
     const backoff = new Backoff(200, 10_000);
+    let saidWaiting = false;
     while (!this.stopped) {
       this.kicked = false;
       const signal = this.kick.signal;
       const key = await kubeletSocketKey(this.kubeletSocket);
+      if (key !== undefined) saidWaiting = false;
       const pending = [...this.servers.values()].filter((s) => key === undefined || this.registeredKey.get(s.resourceName) !== key);
       let failed = key === undefined && pending.length > 0;
       if (key !== undefined && pending.length > 0) {
@@ -311,7 +313,10 @@ class Controller implements DevicePluginHandle {
       }
       if (failed) {
         const ms = backoff.next();
-        if (key === undefined) this.log.debug({ retryMs: ms }, 'waiting for kubelet.sock');
+        if (key === undefined) {
+          if (!saidWaiting) this.log.info({ socket: this.kubeletSocket }, 'kubelet.sock is absent; waiting for the kubelet');
+          saidWaiting = true;
+        }
         if (!this.kicked) await sleep(ms, signal);
       } else {
         backoff.reset();
