@@ -10,6 +10,7 @@ import { errorMessage, isPodvirtError } from '../../lib/errors.js';
 import type { Logger } from '../../lib/log.js';
 import type { EventRecorder } from './event-recorder.js';
 import { ANN_CONTAINER, ANN_MIGRATE_FROM, ANN_MIGRATION, ANN_SPEC, ANN_STATUS, ANN_TOPOLOGY, COND_VM_READY, DEFAULT_CONTAINER } from './names.js';
+import { podVmInput } from '../spec/index.js';
 import { runtimeIdOf, type DiscoveredSandbox } from './pod-discovery.js';
 import { podKey } from './pod-informer.js';
 import type { PodRef, PodWriter } from './pod-writer.js';
@@ -127,6 +128,13 @@ export class PodReconciler {
 
   private async bringUp(key: string, pod: V1Pod): Promise<void> {
     const uid = pod.metadata!.uid!;
+    try {
+      // The spec and the pod's volumes checked before anything waits on the sandbox.
+      podVmInput(pod);
+    } catch (e) {
+      await this.fail(key, pod, 'InvalidSpec', errorMessage(e), false);
+      return;
+    }
     let sandbox: DiscoveredSandbox;
     try {
       sandbox = await this.d.discover(uid, computeContainerId(pod));

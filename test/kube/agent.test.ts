@@ -77,8 +77,11 @@ describe('podvirt agent in a cluster (fake API server, kubelet-like sandboxes)',
     const created = api.createObject('pods', vmPod(name, node, spec) as Record<string, unknown>) as V1Pod;
     const sb = await createKubeletSandbox(tag, { uid: created.metadata!.uid! });
     sandboxes.push(sb);
+    // Like the kubelet's status manager, keep conditions other components own.
+    const conditions = ((api.getObject('pods', 'default', name) as V1Pod).status?.conditions ?? []).filter((c) => c.type.includes('/'));
     const pod = api.setStatus('pods', 'default', name, {
       phase: 'Running',
+      conditions,
       containerStatuses: [{ name: 'compute', containerID: `containerd://${sb.containerId}`, ready: true, restartCount: 0, image: 'x', imageID: 'x', state: { running: { startedAt: new Date().toISOString() } } }],
     }) as V1Pod;
     return { pod, sb };
@@ -166,16 +169,13 @@ describe('podvirt agent in a cluster (fake API server, kubelet-like sandboxes)',
       const c = condition('bad');
       return c?.status === 'False' ? c : undefined;
     });
-    assert.ok(cond.reason);
+    assert.equal(cond.reason, 'InvalidSpec');
+    assert.match(cond.message!, /spec\.cpus/, 'the message names the field');
     const evs = await events('bad');
-    assert.ok(evs.some((e) => e.type === 'Warning'), JSON.stringify(evs.map((e) => e.reason)));
+    assert.deepEqual(evs.map((e) => `${e.type}/${e.reason}`), ['Warning/InvalidSpec']);
     assert.equal(JSON.parse(annotation('bad', 'vm.podvirt.io/status')!).phase, 'Failed');
-    // The runtime was handed the sandbox the kubelet made, found through /proc.
-    const t = runtime.targets.find((x) => x.key === 'default/bad');
-    assert.ok(t, 'runtime asked to start the VM');
-    assert.equal(t.sandbox.pid, sb.pid);
-    assert.equal(t.sandbox.netns, `/proc/${sb.pid}/ns/net`);
-    assert.deepEqual(t.sandbox.cgroup.procs, sb.containerDirs);
+    assert.equal(runtime.calls.filter((c) => c.includes('default/bad')).length, 0, 'a bad spec never reaches the runtime');
+    void sb;
     assert.equal(runtime.calls.filter((c) => c.includes('elsewhere')).length, 0);
     assert.equal((await events('elsewhere')).length, 0);
     assert.equal(annotation('elsewhere', 'vm.podvirt.io/status'), undefined);
