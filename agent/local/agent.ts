@@ -198,6 +198,7 @@ export class LocalAgent {
       undo.push(async () => this.o.devices.release(grant.ids));
       rt.devices = grant.ids;
       await this.store.saveRuntime(rt);
+      await this.o.sandboxes.allowDevices(pod.name, grant.devices.map((d) => d.hostPath));
       mark('devices');
 
       // Volumes: provision (kept across runs for PVCs), stage, publish.
@@ -211,6 +212,7 @@ export class LocalAgent {
         undo.push(() => this.o.volumes.detach(att));
         rt.volumes.push(att);
         await this.store.saveRuntime(rt);
+        if (att.volumeMode === 'Block') await this.o.sandboxes.allowDevices(pod.name, [att.publishPath]);
       }
       mark('volumes');
 

@@ -7,7 +7,7 @@ import { FailedPrecondition } from '../../lib/errors.js';
  * (this machine's hybrid layout); v2 has one unified tree whose root lists the controllers.
  */
 export type CgroupLayout =
-  | { version: 1; cpuset: string; memory: string }
+  | { version: 1; cpuset: string; memory: string; /** the devices hierarchy, when mounted */ devices?: string }
   | { version: 2; root: string };
 
 interface Mount {
@@ -42,7 +42,8 @@ export function chooseLayout(mounts: Mount[], v2Controllers: (mountPoint: string
   const v1 = (c: string) => mounts.find((m) => m.fsType === 'cgroup' && m.superOptions.includes(c))?.mountPoint;
   const cpuset = v1('cpuset');
   const memory = v1('memory');
-  if (cpuset && memory) return { version: 1, cpuset, memory };
+  const devices = v1('devices');
+  if (cpuset && memory) return devices ? { version: 1, cpuset, memory, devices } : { version: 1, cpuset, memory };
   for (const m of mounts.filter((x) => x.fsType === 'cgroup2')) {
     const ctl = (v2Controllers(m.mountPoint) ?? '').split(/\s+/);
     if (ctl.includes('cpuset') && ctl.includes('memory')) return { version: 2, root: m.mountPoint };

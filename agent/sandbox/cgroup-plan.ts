@@ -50,7 +50,9 @@ export function podCgroupPaths(layout: CgroupLayout, parent: string, pod: string
   checkName('pod', pod);
   if (layout.version === 1) {
     const cs = path.join(layout.cpuset, parent, pod);
-    return { display: cs, procs: [cs, path.join(layout.memory, parent, pod)], cpusFile: path.join(cs, 'cpuset.cpus') };
+    const procs = [cs, path.join(layout.memory, parent, pod)];
+    if (layout.devices) procs.push(path.join(layout.devices, parent, pod));
+    return { display: cs, procs, cpusFile: path.join(cs, 'cpuset.cpus') };
   }
   const g = path.join(layout.root, parent, pod);
   return { display: g, procs: [g], cpusFile: path.join(g, 'cpuset.cpus.effective') };
@@ -111,4 +113,31 @@ export function planPodCgroup(layout: CgroupLayout, spec: PodCgroupSpec): Cgroup
 /** Ops that remove the pod's cgroup (the processes in it must be gone). The shared parent stays. */
 export function planPodCgroupRemoval(layout: CgroupLayout, parent: string, pod: string): CgroupOp[] {
   return podCgroupPaths(layout, parent, pod).procs.map((p) => ({ op: 'rmdir', path: p }));
+}
+
+/** Device nodes every QEMU needs whatever it was allocated (null, zero, full, random, urandom, tty, ptmx). */
+export const BASE_DEVICE_RULES = ['c 1:3 rwm', 'c 1:5 rwm', 'c 1:7 rwm', 'c 1:8 rwm', 'c 1:9 rwm', 'c 5:0 rwm', 'c 5:2 rwm', 'c 136:* rwm'];
+
+/** A devices-cgroup rule for a device node (`c 10:200 rwm`). */
+export function deviceRule(kind: 'c' | 'b', major: number, minor: number, access = 'rwm'): string {
+  if (!/^[rwm]{1,3}$/.test(access)) throw new InvalidArgument(`bad device access "${access}"`);
+  return `${kind} ${major}:${minor} ${access}`;
+}
+
+/**
+ * Ops that confine the pod to the listed device nodes (cgroup v1 devices controller): deny all, then
+ * allow each rule; what a container runtime does for a container's devices. Called again with more
+ * rules as devices are allocated and volumes published (allowing is additive). cgroup v2 controls
+ * devices with eBPF programs attached to the group, which podvirt does not load: no ops there.
+ */
+export function planPodDevices(layout: CgroupLayout, parent: string, pod: string, rules: readonly string[], first: boolean): CgroupOp[] {
+  if (layout.version !== 1 || !layout.devices) return [];
+  podCgroupPaths(layout, parent, pod);
+  const dir = path.join(layout.devices, parent, pod);
+  const ops: CgroupOp[] = [];
+  if (first) {
+    ops.push({ op: 'mkdir', path: path.join(layout.devices, parent) }, { op: 'mkdir', path: dir }, { op: 'write', path: path.join(dir, 'devices.deny'), value: 'a' });
+  }
+  for (const r of rules) ops.push({ op: 'write', path: path.join(dir, 'devices.allow'), value: r });
+  return ops;
 }

@@ -4,7 +4,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { carveCpus } from './cpu-carve.js';
 import { chooseLayout, parseMountinfo } from './cgroup-layout.js';
-import { planPodCgroup, planPodCgroupRemoval, podCgroupPaths } from './cgroup-plan.js';
+import { BASE_DEVICE_RULES, deviceRule, planPodCgroup, planPodCgroupRemoval, planPodDevices, podCgroupPaths } from './cgroup-plan.js';
 import { applyCgroupOps } from './cgroup-apply.js';
 import { SandboxManager } from './sandbox.js';
 import { Netns } from './netns.js';
@@ -74,6 +74,22 @@ describe('sandbox plan: pod cgroup ops', () => {
       { op: 'rmdir', path: '/cg/cpuset/podvirt/vm1' },
       { op: 'rmdir', path: '/cg/memory/podvirt/vm1' },
     ]);
+  });
+  it('v1 devices: deny all, then the base nodes; later rules are additive; nothing on v2', () => {
+    const layout = { version: 1 as const, cpuset: '/cg/cpuset', memory: '/cg/memory', devices: '/cg/devices' };
+    const first = planPodDevices(layout, 'podvirt', 'vm1', ['c 1:3 rwm'], true);
+    assert.deepEqual(first, [
+      { op: 'mkdir', path: '/cg/devices/podvirt' },
+      { op: 'mkdir', path: '/cg/devices/podvirt/vm1' },
+      { op: 'write', path: '/cg/devices/podvirt/vm1/devices.deny', value: 'a' },
+      { op: 'write', path: '/cg/devices/podvirt/vm1/devices.allow', value: 'c 1:3 rwm' },
+    ]);
+    assert.deepEqual(planPodDevices(layout, 'podvirt', 'vm1', [deviceRule('b', 7, 3)], false), [
+      { op: 'write', path: '/cg/devices/podvirt/vm1/devices.allow', value: 'b 7:3 rwm' },
+    ]);
+    assert.deepEqual(podCgroupPaths(layout, 'podvirt', 'vm1').procs, ['/cg/cpuset/podvirt/vm1', '/cg/memory/podvirt/vm1', '/cg/devices/podvirt/vm1']);
+    assert.deepEqual(planPodDevices({ version: 2, root: '/cg' }, 'podvirt', 'vm1', BASE_DEVICE_RULES, true), []);
+    assert.throws(() => deviceRule('c', 1, 3, 'rwx'), /bad device access/);
   });
   it('refuses names that would escape the hierarchy', () => {
     assert.throws(() => podCgroupPaths({ version: 2, root: '/cg' }, 'podvirt', '../x'), /not a safe cgroup name/);

@@ -5,7 +5,15 @@ import { AlreadyExists, InvalidArgument } from '../../lib/errors.js';
 import { Sysfs, parseCpuList } from '../../lib/sysfs.js';
 import { carveCpus } from './cpu-carve.js';
 import { detectCgroupLayout, type CgroupLayout } from './cgroup-layout.js';
-import { planPodCgroup, planPodCgroupRemoval, podCgroupPaths, type PodCgroupPaths } from './cgroup-plan.js';
+import {
+  BASE_DEVICE_RULES,
+  deviceRule,
+  planPodCgroup,
+  planPodCgroupRemoval,
+  planPodDevices,
+  podCgroupPaths,
+  type PodCgroupPaths,
+} from './cgroup-plan.js';
 import { applyCgroupOps, cgroupPids } from './cgroup-apply.js';
 import { Netns } from './netns.js';
 
@@ -105,6 +113,7 @@ export class SandboxManager {
     try {
       await this.netns.create(netnsName);
       await applyCgroupOps(planPodCgroup(layout, { parent: this.parent, pod, cpus, mems, memoryBytes }));
+      await applyCgroupOps(planPodDevices(layout, this.parent, pod, BASE_DEVICE_RULES, true));
     } catch (e) {
       await this.destroy(pod).catch(() => undefined);
       throw e;
@@ -133,6 +142,17 @@ export class SandboxManager {
       delete book.pods[pod];
       await this.save(book);
     }
+  }
+
+  /** Lets the pod's processes open these device nodes (allocated devices, published block volumes). */
+  async allowDevices(pod: string, nodes: readonly string[]): Promise<void> {
+    const rules: string[] = [];
+    for (const n of nodes) {
+      const st = await fs.stat(n);
+      if (!st.isCharacterDevice() && !st.isBlockDevice()) continue;
+      rules.push(deviceRule(st.isCharacterDevice() ? 'c' : 'b', Math.floor(st.rdev / 256) & 0xfff, (st.rdev & 0xff) | ((st.rdev >> 12) & 0xfff00)));
+    }
+    await applyCgroupOps(planPodDevices(await this.cgroupLayout(), this.parent, pod, rules, false));
   }
 
   /** The pod's CPUs as the kernel sees them now (what pinning must use). */

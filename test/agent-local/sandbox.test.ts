@@ -8,7 +8,7 @@ import { SandboxManager } from '../../agent/sandbox/sandbox.js';
 import { detectCgroupLayout } from '../../agent/sandbox/cgroup-layout.js';
 import { enterCgroups } from '../../agent/sandbox/cgroup-apply.js';
 import { waitFor } from '../../lib/backoff.js';
-import { execText } from '../../lib/exec.js';
+import { exec, execText } from '../../lib/exec.js';
 import { skipBecause } from '../helpers/skip.js';
 
 describe('agent-local: pod sandbox on the real host', function () {
@@ -54,6 +54,18 @@ describe('agent-local: pod sandbox on the real host', function () {
       assert.equal(allowed, sb.cpus.join(','));
       const cg = await fs.readFile(`/proc/${pid}/cgroup`, 'utf8');
       assert.match(cg, new RegExp(`:cpuset:/${parent}/${pod}$|^0::/${parent}/${pod}$`, 'm'));
+      const layout = await m.cgroupLayout();
+      if (layout.version === 1 && layout.devices) {
+        // Confined to its device nodes: /dev/null yes, /dev/net/tun only once allowed.
+        const list = await fs.readFile(path.join(layout.devices, parent, pod, 'devices.list'), 'utf8');
+        assert.match(list, /^c 1:3 rwm$/m);
+        assert.doesNotMatch(list, /^a /m);
+        assert.doesNotMatch(list, /^c 10:200 /m);
+        await m.allowDevices(pod, ['/dev/net/tun']);
+        assert.match(await fs.readFile(path.join(layout.devices, parent, pod, 'devices.list'), 'utf8'), /^c 10:200 rwm$/m);
+        const probe = await exec('sh', ['-c', `echo $$ > ${path.join(layout.devices, parent, pod, 'cgroup.procs')}; exec cat /dev/kvm`], { allowFailure: true });
+        assert.match(probe.stderr, /Operation not permitted/, 'a device outside the list cannot be opened');
+      }
       assert.equal(await fs.readlink(`/proc/${pid}/ns/net`), await execText('ip', ['netns', 'exec', sb.netnsName, 'readlink', '/proc/self/ns/net']));
     } finally {
       await m.destroy(pod);
