@@ -180,4 +180,29 @@ describe('podvirt agent in a cluster (fake API server, kubelet-like sandboxes)',
     assert.equal((await events('elsewhere')).length, 0);
     assert.equal(annotation('elsewhere', 'vm.podvirt.io/status'), undefined);
   });
+  it('resumes after a torn connection and after 410 Gone without missing or repeating work', async () => {
+    const bad = (name: string) => vmPod(name, node, 'cpus: 0\n') as Record<string, unknown>;
+    const restarts = agent.informer.restartCount;
+    // A torn stream is an error to client-node: the supervisor restarts the same ListWatch.
+    api.dropWatches({ abrupt: true });
+    api.createObject('pods', bad('bad-while-torn'));
+    await until('event for the pod created while disconnected', async () => ((await events('bad-while-torn')).length ? true : undefined));
+    assert.ok(agent.informer.restartCount > restarts, 'watch restarted');
+    // History compacted while the watch was away: re-watch gets 410, the informer re-lists.
+    const lists = api.requests.filter((r) => r.path === '/api/v1/pods' && r.query.watch !== 'true').length;
+    api.dropWatches();
+    api.createObject('pods', bad('bad-after-410'));
+    api.compact();
+    await until('event for the pod created behind the 410', async () => ((await events('bad-after-410')).length ? true : undefined));
+    assert.ok(api.requests.filter((r) => r.path === '/api/v1/pods' && r.query.watch !== 'true').length > lists, 're-listed after 410');
+    await agent.reconciler.idle();
+    for (const name of ['bad', 'bad-while-torn', 'bad-after-410']) {
+      const evs = await events(name);
+      assert.equal(evs.length, 1, `${name}: one event`);
+      assert.equal(evs[0]!.count, 1, `${name}: reported once`);
+    }
+    const m = await (await fetch(`http://127.0.0.1:${agent.metricsPort}/metrics`)).text();
+    assert.match(m, /podvirt_agent_watch_restarts_total [1-9]/);
+    assert.match(m, /podvirt_vm_failures_total 3/);
+  });
 });
