@@ -13,7 +13,7 @@ export interface DriverOptions {
   nodeId: string;
   stateDir: string;
   logger: Logger;
-  /** Open images with O_DIRECT inside the daemons (default true: no third page cache under loop + FUSE). */
+  /** Open images with O_DIRECT inside the daemons (default false: buffered measured 1.5-2x faster for writes, see bench/csi.ts). */
   cacheDirect?: boolean;
 }
 
@@ -57,7 +57,7 @@ export class DriverContext {
 
   daemonFor(volumeId: string): VolumeDaemon {
     const hex = parseId(volumeId)?.hex ?? volumeId;
-    return new VolumeDaemon(path.join(this.runRoot, hex), this.host, this.opts.cacheDirect ?? true);
+    return new VolumeDaemon(path.join(this.runRoot, hex), this.host, this.opts.cacheDirect ?? false);
   }
 
   volume(id: string): VolumeRec {

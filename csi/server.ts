@@ -30,7 +30,7 @@ export interface CsiDriverOptions {
   nodeId: string;
   stateDir: string;
   logger?: Logger;
-  /** qemu-storage-daemon opens images with O_DIRECT (default true). */
+  /** qemu-storage-daemon opens images with O_DIRECT (default false: buffered was faster, bench/csi.ts). */
   cacheDirect?: boolean;
 }
 
@@ -71,7 +71,7 @@ export async function startCsiDriver(opts: CsiDriverOptions): Promise<CsiDriver>
   if (!opts.stateDir.startsWith('/')) throw new InvalidArgument(`state dir "${opts.stateDir}" must be absolute`);
   const log = opts.logger ?? silentLogger;
   const store = await StateStore.open(opts.stateDir);
-  const ctx = new DriverContext({ nodeId, stateDir: opts.stateDir, logger: log, cacheDirect: opts.cacheDirect ?? true }, store);
+  const ctx = new DriverContext({ nodeId, stateDir: opts.stateDir, logger: log, cacheDirect: opts.cacheDirect ?? false }, store);
 
   const pkg = loadProto('csi/v1/csi.proto');
   const server = new grpc.Server();
