@@ -13,7 +13,8 @@ import { PodStore, type AttachmentRecord, type PodRecord, type RuntimeRecord } f
 import { podRunDir, type LocalPaths } from './paths.js';
 import type { NetworkBackend, VmBackend, VmLiveStatus, VolumeBackend } from './backends.js';
 import type { VmShape } from './vm-shape.js';
-import { podVmInput } from '../spec/index.js';
+import { parseVmSpec, podVmInput } from '../spec/index.js';
+import { parseTopology } from '../plan/index.js';
 
 export interface LocalAgentOptions {
   paths: LocalPaths;
@@ -238,7 +239,7 @@ export class LocalAgent {
           selection: sel,
           ifname,
           config,
-          mac: sel.mac ?? rec.macs[key],
+          mac: sel.mac ?? topologyMac(rec.topology, pod.vmSpec, sel === podNet ? 'pod' : sel.name) ?? rec.macs[key],
           uid: this.o.vms.uid,
           gid: this.o.vms.gid,
         });
@@ -250,8 +251,6 @@ export class LocalAgent {
         await this.store.savePod(rec);
         await this.ensureGateway(att);
       }
-      this.addLeases(pod.name, rt.attachments);
-      undo.push(async () => this.o.dhcp.removeOwner(pod.name));
       mark('networks');
 
       // The "container": QEMU in the sandbox, pinned, with the recorded topology replayed.
@@ -266,6 +265,13 @@ export class LocalAgent {
       });
       undo.push(() => this.o.vms.stop(pod.name, 5000));
       mark('vm');
+      // Leases are keyed by the guest's MACs, which the VM's topology fixes.
+      for (const a of rt.attachments) {
+        const m = topologyMac(started.topology, pod.vmSpec, a.vmNetwork);
+        if (m) a.guestMac = m;
+      }
+      this.addLeases(pod.name, rt.attachments);
+      undo.push(async () => this.o.dhcp.removeOwner(pod.name));
       rt.vm = started.handle;
       await this.store.saveRuntime(rt);
       if (rec.topology === undefined) {
@@ -346,7 +352,7 @@ export class LocalAgent {
       if (!a.ip || !a.bridge) continue;
       const { ip, prefix } = splitCidr(a.ip);
       this.o.dhcp.add({
-        mac: a.mac,
+        mac: a.guestMac ?? a.mac,
         ip,
         prefixLength: prefix,
         bridge: a.bridge,
@@ -377,5 +383,22 @@ export class LocalAgent {
       qmpSocket: live?.qmpSocket,
       serialSocket: live?.serialSocket,
     };
+  }
+}
+
+/** The MAC the VM's topology gives the interface attached to `network` (`pod` or a NAD name). */
+export function topologyMac(topology: unknown, specText: string, network: string): string | undefined {
+  if (topology === undefined || topology === null) return undefined;
+  let iface: string | undefined;
+  try {
+    iface = parseVmSpec(specText).interfaces.find((i) => i.network === network)?.name;
+  } catch {
+    return undefined;
+  }
+  if (!iface) return undefined;
+  try {
+    return parseTopology(topology).devices.find((d) => d.key === `nic:${iface}`)?.mac;
+  } catch {
+    return undefined;
   }
 }

@@ -36,7 +36,10 @@ export interface AttachmentRecord {
   vmNetwork: string;
   ifname: string;
   containerId: string;
+  /** The tap's MAC (from CNI). */
   mac: string;
+  /** The guest NIC's MAC on this attachment (from the VM's topology): what DHCP leases are keyed by. */
+  guestMac?: string;
   bridge: string | undefined;
   /** The guest's address (`ip/prefix`) and gateway from IPAM. */
   ip: string | undefined;
