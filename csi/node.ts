@@ -72,10 +72,12 @@ export async function tearDown(ctx: DriverContext, vol: { id: string }, st: Stag
 
 export async function publishTarget(ctx: DriverContext, st: StageRec, p: PublishRec): Promise<void> {
   await fs.mkdir(path.dirname(p.targetPath), { recursive: true });
+  // A reader-only access mode is honoured even when the CO forgets `readonly`.
+  const ro = p.readonly || p.mode === 'SINGLE_NODE_READER_ONLY';
   if (p.type === 'block') {
     await fs.writeFile(p.targetPath, '', { flag: 'a' });
     let dev = st.loopDevice;
-    if (p.readonly) {
+    if (ro) {
       dev = await ctx.host.attachLoop(ctx.daemonFor(st.volumeId).exportFile, true);
       p.roLoop = dev;
     }
@@ -84,7 +86,7 @@ export async function publishTarget(ctx: DriverContext, st: StageRec, p: Publish
     await fs.mkdir(p.targetPath, { recursive: true });
     await ctx.host.mount(st.stagingPath, p.targetPath, { bind: true });
   }
-  if (p.readonly) await ctx.host.remountReadonly(p.targetPath);
+  if (ro) await ctx.host.remountReadonly(p.targetPath);
 }
 
 export async function unpublishTarget(ctx: DriverContext, target: string, lazy = false, roLoop?: string): Promise<void> {
