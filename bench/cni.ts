@@ -30,6 +30,8 @@ interface Variant {
   extra: Record<string, unknown>;
   env?: Record<string, string>;
   ms: number[];
+  add: number[];
+  del: number[];
 }
 
 async function main(): Promise<void> {
@@ -44,9 +46,9 @@ async function main(): Promise<void> {
   const bin = path.join(tmp, 'bin');
   const ipam = { type: 'host-local', dataDir: path.join(tmp, 'ipam'), ranges: [[{ subnet }]] };
   const variants: Variant[] = [
-    { name: 'bridge (Go) + host-local', plugin: '/usr/lib/cni/bridge', type: 'bridge', extra: {}, ms: [] },
-    { name: 'podvirt-cni shim + server', plugin: path.join(bin, 'podvirt'), type: 'podvirt', extra: { agentSocket: socketPath }, ms: [] },
-    { name: 'podvirt-cni bundle, minimal env', plugin: path.join(bin, 'podvirt-cni.cjs'), type: 'podvirt', extra: {}, ms: [] },
+    { name: 'bridge (Go) + host-local', plugin: '/usr/lib/cni/bridge', type: 'bridge', extra: {}, ms: [], add: [], del: [] },
+    { name: 'podvirt-cni shim + server', plugin: path.join(bin, 'podvirt'), type: 'podvirt', extra: { agentSocket: socketPath }, ms: [], add: [], del: [] },
+    { name: 'podvirt-cni bundle, minimal env', plugin: path.join(bin, 'podvirt-cni.cjs'), type: 'podvirt', extra: {}, ms: [], add: [], del: [] },
   ];
   if (process.env.NODE_EXTRA_CA_CERTS) {
     variants.push({
@@ -56,6 +58,8 @@ async function main(): Promise<void> {
       extra: {},
       env: { NODE_EXTRA_CA_CERTS: process.env.NODE_EXTRA_CA_CERTS },
       ms: [],
+      add: [],
+      del: [],
     });
   }
   const made: string[] = [];
@@ -65,7 +69,10 @@ async function main(): Promise<void> {
       made.push(ns(String(i)));
     }
     for (let it = -2; it < N; it++) {
-      for (const [i, v] of variants.entries()) {
+      // Rotate who goes first: each variant sees the same share of "right after X" conditions.
+      for (let k = 0; k < variants.length; k++) {
+        const i = (k + it + 2) % variants.length;
+        const v = variants[i] as Variant;
         const base: InvokeOptions = {
           plugin: v.plugin,
           command: 'ADD',
@@ -78,9 +85,15 @@ async function main(): Promise<void> {
         };
         const t0 = process.hrtime.bigint();
         await invokeCniOrThrow(base);
+        const t1 = process.hrtime.bigint();
         await invokeCniOrThrow({ ...base, command: 'DEL' });
-        const ms = Number(process.hrtime.bigint() - t0) / 1e6;
-        if (it >= 0) v.ms.push(ms); // two warm-up rounds
+        const t2 = process.hrtime.bigint();
+        if (it >= 0) {
+          // two warm-up rounds first
+          v.ms.push(Number(t2 - t0) / 1e6);
+          v.add.push(Number(t1 - t0) / 1e6);
+          v.del.push(Number(t2 - t1) / 1e6);
+        }
       }
     }
   } finally {
@@ -99,8 +112,15 @@ async function main(): Promise<void> {
     return s.length % 2 ? (s[m] as number) : ((s[m - 1] as number) + (s[m] as number)) / 2;
   };
   const baseline = median(variants[0]?.ms ?? []);
-  const rows = variants.map((v) => [v.name, median(v.ms).toFixed(1), Math.min(...v.ms).toFixed(1), (median(v.ms) / baseline).toFixed(2)]);
-  const header = ['variant (ADD+DEL, tap mode vs bridge)', 'median ms', 'min ms', 'ratio'];
+  const rows = variants.map((v) => [
+    v.name,
+    median(v.add).toFixed(1),
+    median(v.del).toFixed(1),
+    median(v.ms).toFixed(1),
+    Math.min(...v.ms).toFixed(1),
+    (median(v.ms) / baseline).toFixed(2),
+  ]);
+  const header = ['variant', 'ADD median ms', 'DEL median ms', 'ADD+DEL median ms', 'ADD+DEL min ms', 'ratio'];
   const widths = header.map((h, c) => Math.max(h.length, ...rows.map((r) => (r[c] as string).length)));
   const line = (r: string[]) => '| ' + r.map((x, c) => x.padEnd(widths[c] as number)).join(' | ') + ' |';
   console.log(`CNI ADD+DEL latency, ${N} iterations each, interleaved, same subnet ${subnet}`);

@@ -1,7 +1,7 @@
 import { checkNetns, isMigrationTarget, requestedMac } from './attachment.js';
 import { CniCode, CniError } from './cni-error.js';
 import type { CniContext } from './context.js';
-import { applyLines, applyOps, ensureBridge, readLinkAttr, runBatch } from './host.js';
+import { applyLines, applyOps, ensureBridge, readLinkAttr, runBatch, startBatch, undoLines, type PendingBatch } from './host.js';
 import { delegateIpam } from './ipam.js';
 import type { NetConf } from './netconf.js';
 import { attachmentNames, planBandwidth, planMigrationAdd, planTapAdd, randomMac, stableMac, tempTapName } from './plan.js';
@@ -23,6 +23,8 @@ export async function cmdAdd(ctx: CniContext, conf: NetConf): Promise<CniResult>
 
   const ipam = delegateIpam(ctx, conf, 'ADD');
   ipam.catch(() => undefined); // awaited below; this only keeps an early rejection from being "unhandled"
+  // Tap mode's tc batch needs the devices, but its process can start now (see startBatch).
+  const podTc: PendingBatch | undefined = conf.mode === 'tap' ? startBatch(ctx.netns, 'tc') : undefined;
   let undo: string[] = [];
   try {
     await ensureBridge(ctx.deps, conf.bridge, stableMac(`podvirt-bridge:${conf.bridge}`), conf.mtu);
@@ -43,8 +45,11 @@ export async function cmdAdd(ctx: CniContext, conf: NetConf): Promise<CniResult>
         podVethMac,
         tmpTap: tempTapName(),
       });
-      undo = await applyOps(ctx.deps, ctx.netns, plan.pod);
-      await applyLines(ctx.deps, ctx.netns, 'tc', plan.podTc);
+      const pod = await runBatch(ctx.deps, ctx.netns, 'ip', plan.pod.map((o) => o.line));
+      undo = undoLines(plan.pod.slice(0, pod.done));
+      if (pod.error) throw pod.error;
+      const tc = await (podTc as PendingBatch).feed(plan.podTc);
+      if (tc.error) throw tc.error;
       ipamResult = await ipam;
       sandboxIfaces = [
         { name: ctx.ifname, mac, ...withMtu, sandbox: ctx.netns },
@@ -77,6 +82,7 @@ export async function cmdAdd(ctx: CniContext, conf: NetConf): Promise<CniResult>
     );
     return result;
   } catch (e) {
+    await podTc?.feed([]).catch(() => undefined);
     await runBatch(ctx.deps, ctx.netns, 'ip', undo, true).catch(() => undefined);
     const reserved = await ipam.then(
       () => true,

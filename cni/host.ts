@@ -2,6 +2,7 @@
  * The thin apply layer: runs planned `ip`/`tc` batches in the host or a pod netns, each batch one
  * child process (never setns in this process: it would move only one thread).
  */
+import { spawn } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
 import { exec as defaultExec, ExecError, type Exec } from '../lib/exec.js';
 import { CniCode, CniError } from './cni-error.js';
@@ -43,6 +44,46 @@ export async function runBatch(deps: HostDeps, netns: string | null, tool: 'ip' 
   const m = /Command failed -:(\d+)/.exec(res.stderr);
   const done = m ? Number(m[1]) - 1 : 0;
   return { done, error: new ExecError([cmd, ...args, ...(m ? [`(line ${m[1]}: ${lines[done] ?? ''})`] : [])], res) };
+}
+
+/**
+ * A batch process started before its lines are known. `ip`/`tc` read batch lines from stdin
+ * as they come, so starting one early takes its process start-up (fork, exec, dynamic
+ * loading, netns switch) off the critical path: ADD starts the pod's `tc` together with `ip`
+ * and feeds it once the devices exist.
+ */
+export interface PendingBatch {
+  /** Writes the lines, closes stdin, resolves when the process has exited. */
+  feed(lines: string[]): Promise<BatchOutcome>;
+}
+
+export function startBatch(netns: string | null, tool: 'ip' | 'tc'): PendingBatch {
+  const [cmd, args] = inNetns(netns, tool, ['-batch', '-']);
+  const child = spawn(cmd, args, { stdio: ['pipe', 'pipe', 'pipe'] });
+  const out: Buffer[] = [];
+  const err: Buffer[] = [];
+  child.stdout.on('data', (b: Buffer) => out.push(b));
+  child.stderr.on('data', (b: Buffer) => err.push(b));
+  child.stdin.on('error', () => undefined);
+  const timer = setTimeout(() => child.kill('SIGKILL'), TIMEOUT_MS);
+  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null; spawnError?: string }>((resolve) => {
+    child.on('error', (e) => resolve({ code: null, signal: null, spawnError: String(e) }));
+    child.on('close', (code, signal) => resolve({ code, signal }));
+  });
+  let lines: string[] = [];
+  return {
+    async feed(l: string[]): Promise<BatchOutcome> {
+      lines = l;
+      child.stdin.end(lines.length ? lines.join('\n') + '\n' : '');
+      const r = await exited;
+      clearTimeout(timer);
+      const result = { code: r.code, signal: r.signal, stdout: Buffer.concat(out).toString(), stderr: r.spawnError ?? Buffer.concat(err).toString() };
+      if (r.code === 0) return { done: lines.length };
+      const m = /Command failed -:(\d+)/.exec(result.stderr);
+      const done = m ? Number(m[1]) - 1 : 0;
+      return { done, error: new ExecError([cmd, ...args, ...(m ? [`(line ${m[1]}: ${lines[done] ?? ''})`] : [])], result) };
+    },
+  };
 }
 
 /** Runs ops; on failure undoes the ones that succeeded (in reverse) and throws the failure. */
