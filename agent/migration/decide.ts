@@ -13,6 +13,11 @@ export interface ProgressSample {
   remainingBytes: number;
   /** `ram.dirty-sync-count`: the pre-copy pass number. */
   pass: number;
+  /** `ram.transferred`: tells a slow guest from a dead link. */
+  transferredBytes: number;
+  /** QEMU's dirty-page rate and send rate (`ram.dirty-pages-rate` × page size, `ram.mbps`), bytes/s; 0 = unknown. */
+  dirtyBytesPerSec?: number;
+  sendBytesPerSec?: number;
 }
 
 export interface DecideState {
@@ -23,6 +28,8 @@ export interface DecideState {
   /** Remaining bytes at the start of each pass, per pass number. */
   passStarts: Array<{ pass: number; remaining: number }>;
   postCopyRequested: boolean;
+  lastTransferred: number;
+  lastTransferAtMs: number;
 }
 
 export interface DecideLimits {
@@ -38,12 +45,13 @@ export type Decision =
   | { action: 'cancel'; reason: string };
 
 export function initialDecideState(startedAtMs: number): DecideState {
-  return { startedAtMs, lowestRemaining: Number.POSITIVE_INFINITY, lowestAtMs: startedAtMs, passStarts: [], postCopyRequested: false };
+  return { startedAtMs, lowestRemaining: Number.POSITIVE_INFINITY, lowestAtMs: startedAtMs, passStarts: [], postCopyRequested: false, lastTransferred: 0, lastTransferAtMs: startedAtMs };
 }
 
 const POSTCOPY_STATES = new Set(['postcopy-active', 'postcopy-paused', 'postcopy-recover']);
 /** Below this a pass counts as progress; 10 % mirrors "the remaining bytes keep shrinking". */
 const STALL_RATIO = 0.9;
+const LINK_ALIVE_MS = 1_000;
 
 /** Returns the next state and what to do now. Never cancels once post-copy runs (that would lose the VM). */
 export function decideNext(prev: DecideState, s: ProgressSample, lim: DecideLimits): { state: DecideState; decision: Decision } {
@@ -52,27 +60,51 @@ export function decideNext(prev: DecideState, s: ProgressSample, lim: DecideLimi
     state.lowestRemaining = s.remainingBytes;
     state.lowestAtMs = s.atMs;
   }
+  if (s.transferredBytes > state.lastTransferred) {
+    state.lastTransferred = s.transferredBytes;
+    state.lastTransferAtMs = s.atMs;
+  }
   if (s.pass > 0 && !state.passStarts.some((p) => p.pass === s.pass)) {
     state.passStarts = [...state.passStarts, { pass: s.pass, remaining: s.remainingBytes }];
   }
-  if (POSTCOPY_STATES.has(s.status) || state.postCopyRequested || s.status !== 'active') {
+  if (POSTCOPY_STATES.has(s.status) || s.status !== 'active') {
     return { state, decision: { action: 'continue' } };
   }
+  // Checked even after post-copy was requested: QEMU only enters it when the stream moves, and
+  // until it does a cancel still gives the source back intact.
+  if (s.atMs - state.lastTransferAtMs > lim.progressTimeoutMs) {
+    return { state, decision: { action: 'cancel', reason: `migration stream stalled: nothing sent for ${Math.round(lim.progressTimeoutMs / 1000)} s` } };
+  }
+  if (state.postCopyRequested) return { state, decision: { action: 'continue' } };
 
+  // Post-copy over a dead link would split the VM between two hosts: only a stream that moved
+  // within the last second may switch (a cut link stops moving once the socket buffer is full).
+  const linkAlive = s.atMs - state.lastTransferAtMs < LINK_ALIVE_MS;
   const escalate = (reason: string): Decision =>
-    lim.postCopyAllowed ? { action: 'start-postcopy', reason } : { action: 'cancel', reason };
+    lim.postCopyAllowed && linkAlive ? { action: 'start-postcopy', reason } : { action: 'cancel', reason };
 
   let decision: Decision = { action: 'continue' };
   if (s.atMs - state.startedAtMs > lim.completionDeadlineMs) {
     decision = escalate(`not completed within ${Math.round(lim.completionDeadlineMs / 1000)} s`);
   } else if (s.atMs - state.lowestAtMs > lim.progressTimeoutMs) {
     decision = escalate(`no progress for ${Math.round(lim.progressTimeoutMs / 1000)} s`);
-  } else if (lim.postCopyAllowed && stalled(state.passStarts, lim.stallPasses)) {
-    // Only a reason to switch, never to cancel: auto-converge may still get there before the deadlines.
+  } else if (lim.postCopyAllowed && linkAlive && outpaced(s)) {
+    // Only reasons to switch, never to cancel: auto-converge may still get there before the deadlines.
+    decision = { action: 'start-postcopy', reason: `the guest dirties memory as fast as it can be sent (${mib(s.dirtyBytesPerSec!)} vs ${mib(s.sendBytesPerSec!)} MiB/s)` };
+  } else if (lim.postCopyAllowed && linkAlive && stalled(state.passStarts, lim.stallPasses)) {
     decision = { action: 'start-postcopy', reason: `pre-copy not converging after ${state.passStarts.length} passes` };
   }
   if (decision.action === 'start-postcopy') state.postCopyRequested = true;
   return { state, decision };
+}
+
+const mib = (b: number) => (b / 2 ** 20).toFixed(1);
+
+/** From the third pass on (the rates describe a whole pass): dirtying at ≥ 90 % of the send rate never converges. */
+function outpaced(s: ProgressSample): boolean {
+  const d = s.dirtyBytesPerSec ?? 0;
+  const t = s.sendBytesPerSec ?? 0;
+  return s.pass >= 3 && t > 0 && d >= 0.9 * t;
 }
 
 /** True when the last `n` passes all started with no less than 90 % of the best earlier pass start. */

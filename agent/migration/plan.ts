@@ -50,7 +50,13 @@ export interface MigrationPlan {
   switchoverContinue: QmpStep;
   /** Source after a failure: stop everything, drop what was added, keep the VM running. */
   sourceAbort: QmpStep[];
-  /** Target after it resumed: stop exporting disks, drop credentials. */
+  /**
+   * Target at the switch-over, after the mirrors finished and before the device state arrives:
+   * the export must be gone when QEMU activates the disks, or its write permission would
+   * conflict with the disk device's.
+   */
+  targetDisksDone: QmpStep[];
+  /** Target after it resumed: drop credentials. */
   targetFinish: QmpStep[];
   /** Milliseconds; see {@link decideNext}. */
   completionDeadlineMs: number;
@@ -192,11 +198,12 @@ export function planMigration(input: MigrationPlanInput): MigrationPlan {
     ...mirrorJobs.map((job) => ({ execute: 'block-job-cancel', arguments: { device: job, force: true }, tolerate: ['GenericError', 'DeviceNotActive'] })),
   ];
 
-  const targetFinish: QmpStep[] = [];
+  const targetDisksDone: QmpStep[] = [];
   if (input.disks.length) {
-    for (const d of input.disks) targetFinish.push({ execute: 'block-export-del', arguments: { id: `pvmig-exp-${d.targetNode}`, mode: 'hard' }, tolerate: ['GenericError'] });
-    targetFinish.push({ execute: 'nbd-server-stop', tolerate: ['GenericError'] });
+    for (const d of input.disks) targetDisksDone.push({ execute: 'block-export-del', arguments: { id: `pvmig-exp-${d.targetNode}`, mode: 'hard' }, tolerate: ['GenericError'] });
+    targetDisksDone.push({ execute: 'nbd-server-stop', tolerate: ['GenericError'] });
   }
+  const targetFinish: QmpStep[] = [];
   if (c.tls) targetFinish.push({ execute: 'object-del', arguments: { id: credsId }, tolerate: ['GenericError'] });
 
   const diskBytes = input.disks.reduce((s, d) => s + d.sizeBytes, 0);
@@ -215,6 +222,7 @@ export function planMigration(input: MigrationPlanInput): MigrationPlan {
     mirrorJobs,
     switchoverContinue: { execute: 'migrate-continue', arguments: { state: 'pre-switchover' } },
     sourceAbort,
+    targetDisksDone,
     targetFinish,
     completionDeadlineMs,
     progressTimeoutMs: Math.round(c.progressTimeoutS * 1000),

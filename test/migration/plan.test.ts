@@ -156,7 +156,8 @@ describe('migration planner', () => {
     assert.deepEqual(p.switchoverContinue, { execute: 'migrate-continue', arguments: { state: 'pre-switchover' } });
     assert.deepEqual(p.sourceAbort.map((s) => s.execute), ['migrate_cancel', 'block-job-cancel', 'block-job-cancel']);
     assert.ok(p.sourceAbort.slice(1).every((s) => s.arguments!.force === true));
-    assert.deepEqual(p.targetFinish.map((s) => s.execute), ['block-export-del', 'block-export-del', 'nbd-server-stop']);
+    assert.deepEqual(p.targetDisksDone.map((s) => s.execute), ['block-export-del', 'block-export-del', 'nbd-server-stop']);
+    assert.deepEqual(p.targetFinish, []);
     assert.deepEqual(sourceCleanupSteps(p, false).map((s) => s.execute), ['blockdev-del', 'blockdev-del']);
     // completion deadline counts memory and disk data: (1 + 3) GiB × 150 s
     assert.equal(p.completionDeadlineMs, 4 * 150_000);
@@ -176,7 +177,7 @@ describe('post-copy decision', () => {
     let st = initialDecideState(0);
     const out = [];
     for (const s of samples) {
-      const r = decideNext(st, { status: 'active', pass: 1, ...s }, l);
+      const r = decideNext(st, { status: 'active', pass: 1, transferredBytes: s.atMs * 10, ...s }, l);
       st = r.state;
       out.push(r.decision);
     }
@@ -201,6 +202,16 @@ describe('post-copy decision', () => {
       { atMs: 2400, remainingBytes: 299, pass: 6 },
     ]);
     assert.deepEqual(d.map((x) => x.action), ['continue', 'continue', 'continue', 'continue', 'start-postcopy', 'continue']);
+  });
+  it('a guest dirtying as fast as the link sends goes to post-copy from the third pass, not before', () => {
+    const d = run([
+      { atMs: 400, remainingBytes: 1000, pass: 1, dirtyBytesPerSec: 0, sendBytesPerSec: 100 },
+      { atMs: 800, remainingBytes: 300, pass: 2, dirtyBytesPerSec: 95, sendBytesPerSec: 100 },
+      { atMs: 1200, remainingBytes: 300, pass: 3, dirtyBytesPerSec: 50, sendBytesPerSec: 100 },
+      { atMs: 1600, remainingBytes: 300, pass: 3, dirtyBytesPerSec: 92, sendBytesPerSec: 100 },
+    ]);
+    assert.deepEqual(d.map((x) => x.action), ['continue', 'continue', 'continue', 'start-postcopy']);
+    assert.match((d[3] as { reason: string }).reason, /dirties memory as fast/);
   });
   it('stalled passes without post-copy keep going (auto-converge) until a deadline', () => {
     const d = run(
@@ -238,6 +249,43 @@ describe('post-copy decision', () => {
     const c = run(s, { ...lim, stallPasses: 100, postCopyAllowed: false })[1]!;
     assert.equal(c.action, 'cancel');
     assert.match((c as { reason: string }).reason, /not completed within 60 s/);
+  });
+  it('a dead link (nothing sent) is cancelled, never switched to post-copy', () => {
+    const d = run([
+      { atMs: 1000, remainingBytes: 1000, transferredBytes: 500 },
+      { atMs: 4000, remainingBytes: 900, transferredBytes: 600 },
+      { atMs: 9000, remainingBytes: 900, transferredBytes: 600 },
+      { atMs: 15_000, remainingBytes: 900, transferredBytes: 600 },
+    ]);
+    assert.deepEqual(d.map((x) => x.action), ['continue', 'continue', 'continue', 'cancel']);
+    assert.match((d[3] as { reason: string }).reason, /stream stalled/);
+  });
+  it('the completion deadline over a link that went quiet cancels instead of switching', () => {
+    const d = run([
+      { atMs: 1000, remainingBytes: 1000, transferredBytes: 500 },
+      { atMs: 58_000, remainingBytes: 10, transferredBytes: 900 },
+      { atMs: 65_000, remainingBytes: 10, transferredBytes: 900 },
+    ]);
+    assert.equal(d[2]!.action, 'cancel');
+  });
+  it('no progress while bytes still trickle into a dead socket: cancel, not post-copy', () => {
+    const d = run([
+      { atMs: 0, remainingBytes: 1000, transferredBytes: 100 },
+      { atMs: 400, remainingBytes: 900, transferredBytes: 200 },
+      { atMs: 9000, remainingBytes: 900, transferredBytes: 300 },
+      { atMs: 11_000, remainingBytes: 900, transferredBytes: 300 },
+    ]);
+    assert.deepEqual(d.map((x) => x.action), ['continue', 'continue', 'continue', 'cancel']);
+  });
+  it('after post-copy was requested but QEMU is still in pre-copy, a stalled stream is still cancelled', () => {
+    const d = run([
+      { atMs: 400, remainingBytes: 1000, pass: 1, transferredBytes: 10 },
+      { atMs: 800, remainingBytes: 300, pass: 2, transferredBytes: 20 },
+      { atMs: 1200, remainingBytes: 300, pass: 3, dirtyBytesPerSec: 99, sendBytesPerSec: 100, transferredBytes: 30 },
+      { atMs: 5000, remainingBytes: 300, pass: 3, transferredBytes: 30 },
+      { atMs: 12_000, remainingBytes: 300, pass: 3, transferredBytes: 30 },
+    ]);
+    assert.deepEqual(d.map((x) => x.action), ['continue', 'continue', 'start-postcopy', 'continue', 'cancel']);
   });
   it('never acts while in post-copy or at the switch-over', () => {
     for (const status of ['postcopy-active', 'postcopy-paused', 'pre-switchover', 'device', 'setup']) {
