@@ -5,6 +5,12 @@ export const ANN_STATUS = 'vm.podvirt.io/status';
 export const ANN_MIGRATE_FROM = 'vm.podvirt.io/migrate-from';
 /** Progress of a migration into this (target) pod, written by the agent: JSON. */
 export const ANN_MIGRATION = 'vm.podvirt.io/migration';
+/**
+ * On a migration source pod, written by the target node's agent: where and how to send the VM
+ * (JSON `MigrationRequest`). Carries the per-migration token, so pod read access in the namespace
+ * means the ability to talk to that migration's control endpoint (see docs/kubernetes.md).
+ */
+export const ANN_MIGRATION_REQUEST = 'vm.podvirt.io/migration-request';
 /** Which container's namespaces and cgroup QEMU joins (default `compute`, else the first). */
 export const ANN_CONTAINER = 'vm.podvirt.io/container';
 

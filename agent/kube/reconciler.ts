@@ -9,12 +9,12 @@ import { Backoff } from '../../lib/backoff.js';
 import { errorMessage, isPodvirtError } from '../../lib/errors.js';
 import type { Logger } from '../../lib/log.js';
 import type { EventRecorder } from './event-recorder.js';
-import { ANN_CONTAINER, ANN_MIGRATE_FROM, ANN_MIGRATION, ANN_SPEC, ANN_STATUS, ANN_TOPOLOGY, COND_VM_READY, DEFAULT_CONTAINER } from './names.js';
+import { ANN_CONTAINER, ANN_MIGRATE_FROM, ANN_MIGRATION, ANN_MIGRATION_REQUEST, ANN_SPEC, ANN_STATUS, ANN_TOPOLOGY, COND_VM_READY, DEFAULT_CONTAINER } from './names.js';
 import { podVmInput } from '../spec/index.js';
 import { runtimeIdOf, type DiscoveredSandbox } from './pod-discovery.js';
 import { podKey } from './pod-informer.js';
 import type { PodRef, PodWriter } from './pod-writer.js';
-import type { MigrationHandoff, MigrationProgress, VmExit, VmReport, VmRuntime, VmTarget } from './vm-runtime.js';
+import type { MigrationHandoff, MigrationProgress, MigrationRequest, VmExit, VmReport, VmRuntime, VmTarget } from './vm-runtime.js';
 
 export interface ReconcilerDeps {
   node: string;
@@ -68,6 +68,8 @@ export class PodReconciler {
   private readonly retries = new Map<string, { backoff: Backoff; timer: NodeJS.Timeout | undefined }>();
   private readonly lastError = new Map<string, string>();
   private readonly ac = new AbortController();
+  /** Migration ids this agent already serves as the source. */
+  private readonly outgoing = new Set<string>();
 
   constructor(private readonly d: ReconcilerDeps) {
     d.runtime.onExit((e) => this.onVmExit(e));
@@ -169,10 +171,18 @@ export class PodReconciler {
         const source = ann[ANN_MIGRATE_FROM];
         await this.d.events.record(pod, 'Normal', 'Migrating', `migrating VM from ${source}`);
         migrating = source;
-        report = await this.d.migration.migrateInto(target, source, (p) => {
-          this.d.onMigrationProgress?.(key, p);
-          void this.d.writer.annotate(this.ref(pod), { [ANN_MIGRATION]: JSON.stringify({ source, ...p }) }).catch(() => undefined);
-        });
+        const [sns, sname] = source.split('/') as [string, string];
+        report = await this.d.migration.migrateInto(
+          target,
+          source,
+          async (req) => {
+            await this.d.writer.annotate({ namespace: sns, name: sname }, { [ANN_MIGRATION_REQUEST]: JSON.stringify(req) });
+          },
+          (p) => {
+            this.d.onMigrationProgress?.(key, p);
+            void this.d.writer.annotate(this.ref(pod), { [ANN_MIGRATION]: JSON.stringify({ source, ...p }) }).catch(() => undefined);
+          },
+        );
         await this.d.writer.annotate(this.ref(pod), { [ANN_MIGRATION]: JSON.stringify({ source, phase: 'completed', percent: 100 }) }).catch(() => undefined);
         how = 'Migrated';
       } else {
@@ -199,14 +209,52 @@ export class PodReconciler {
     else this.stats.migrations++;
     const annotations: Record<string, string | null> = { [ANN_STATUS]: statusJson(report) };
     if (!ann[ANN_TOPOLOGY] && report.topology !== undefined) annotations[ANN_TOPOLOGY] = JSON.stringify(report.topology);
-    await this.write(key, pod, annotations, { status: 'True', reason: how === 'Adopted' ? 'Adopted' : 'Running', message: `QEMU pid ${report.qemuPid}` });
+    await this.write(key, pod, annotations, { status: 'True', reason: how === 'Started' ? 'Running' : how, message: `QEMU pid ${report.qemuPid}` });
     if (how !== 'Adopted') {
       await this.d.events.record(pod, 'Normal', how, `VM ${how.toLowerCase()} on ${this.d.node}: QEMU pid ${report.qemuPid}, ${report.vcpuThreads.length} vCPU(s) pinned`);
     }
     this.d.log.info({ pod: key, qemuPid: report.qemuPid, how }, 'VM running');
   }
 
+  /** Source side: a target agent asked for this VM; runs beside the per-key queue (it takes long). */
+  private maybeMigrateOut(key: string, pod: V1Pod): void {
+    const raw = pod.metadata?.annotations?.[ANN_MIGRATION_REQUEST];
+    if (!raw || !this.d.migration) return;
+    let req: MigrationRequest;
+    try {
+      req = JSON.parse(raw) as MigrationRequest;
+    } catch {
+      return;
+    }
+    if (!req.migrationId || this.outgoing.has(req.migrationId)) return;
+    this.outgoing.add(req.migrationId);
+    const ref = this.ref(pod);
+    void (async () => {
+      await this.d.events.record(pod, 'Normal', 'Migrating', `sending VM to ${req.target}`);
+      let outcome;
+      try {
+        outcome = await this.d.migration!.migrateOut(key, req, (p) => {
+          void this.d.writer.annotate(ref, { [ANN_MIGRATION]: JSON.stringify({ target: req.target, ...p }) }).catch(() => undefined);
+        });
+      } catch (e) {
+        outcome = { outcome: 'failed' as const, reason: errorMessage(e) };
+      }
+      if (outcome.outcome === 'completed') {
+        // The guest runs on the target now; the source QEMU (paused after the switch-over) goes.
+        const vm = this.vms.get(key);
+        if (vm) this.vms.set(key, { state: 'exited', uid: vm.uid, phase: 'Stopped', reason: `migrated to ${req.target}` });
+        await this.d.runtime.stop(key, 5000).catch(() => undefined);
+        await this.d.events.record(pod, 'Normal', 'Migrated', `VM moved to ${req.target}${outcome.downtimeMs !== undefined ? ` (downtime ${outcome.downtimeMs} ms)` : ''}`);
+        await this.write(key, pod, { [ANN_STATUS]: JSON.stringify({ phase: 'Migrated', target: req.target }), [ANN_MIGRATION_REQUEST]: null }, { status: 'False', reason: 'Migrated', message: `VM moved to ${req.target}` });
+      } else {
+        await this.d.events.record(pod, 'Warning', 'MigrationFailed', `migration to ${req.target} ${outcome.outcome}: ${outcome.reason ?? ''}; VM keeps running here`);
+        await this.write(key, pod, { [ANN_MIGRATION_REQUEST]: null }, undefined);
+      }
+    })();
+  }
+
   private async refresh(key: string, pod: V1Pod, vm: Extract<VmState, { state: 'running' }>): Promise<void> {
+    this.maybeMigrateOut(key, pod);
     const report = (await this.d.runtime.report(key)) ?? vm.report;
     vm.report = report;
     const want = statusJson(report);

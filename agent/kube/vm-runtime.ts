@@ -71,16 +71,37 @@ export interface MigrationProgress {
   totalTimeMs?: number;
 }
 
-/** Handing a migration target pod over to the migration machinery is this one call. */
+/** What the target side asks of the source side (published on the source pod). */
+export interface MigrationRequest {
+  migrationId: string;
+  /** `<ns>/<name>` of the target pod. */
+  target: string;
+  /** The target agent's control endpoint on the migration network. */
+  control: { host: string; port: number };
+  token: string;
+  /** Name in the target's TLS server certificate. */
+  tlsHostname: string;
+}
+
+export interface MigrationOutcome {
+  outcome: 'completed' | 'failed' | 'cancelled';
+  reason?: string;
+  downtimeMs?: number;
+  totalTimeMs?: number;
+}
+
+/**
+ * Handing a migration target pod over to the migration machinery is this one call, made by the
+ * agent of the target pod's node once the target sandbox is ready.
+ */
 export interface MigrationHandoff {
   /**
-   * Migrates the VM of `source` (`<ns>/<name>`, possibly on another node) into `target`, whose
-   * sandbox is ready on this node. Reports progress through `progress` and resolves with the
-   * target's report once the VM runs here.
+   * Starts the target QEMU (incoming, from the source's recorded topology) in `target`, asks the
+   * source side to send through `ask` (the agent publishes the request on the source pod, where
+   * the source node's agent picks it up), reports `progress`, and resolves with the target's
+   * report once the VM runs here.
    */
-  migrateInto(
-    target: VmTarget,
-    source: string,
-    progress: (p: MigrationProgress) => void,
-  ): Promise<VmReport>;
+  migrateInto(target: VmTarget, source: string, ask: (r: MigrationRequest) => Promise<void>, progress: (p: MigrationProgress) => void): Promise<VmReport>;
+  /** The source half, run by the source node's agent for a running VM when a request appears. */
+  migrateOut(key: string, request: MigrationRequest, progress: (p: MigrationProgress) => void): Promise<MigrationOutcome>;
 }
