@@ -6,11 +6,11 @@ import { quantityBytes } from './quantity.js';
 /** The pod annotation holding the VM spec (YAML or JSON). */
 export const SPEC_ANNOTATION = 'vm.podvirt.io/spec';
 
-// Names become parts of QEMU ids (`disk-<name>`), which must start with a letter and stay short.
-const NAME = /^[a-z]([-a-z0-9]{0,30}[a-z0-9])?$/;
+// Names become parts of QEMU ids and block node names (`drive-<name>`, at most 31 characters), which must start with a letter.
+const NAME = /^[a-z]([-a-z0-9]{0,22}[a-z0-9])?$/;
 const MAC = /^([0-9a-f]{2}:){5}[0-9a-f]{2}$/i;
 
-const name = z.string().regex(NAME, 'must be a lowercase DNS label starting with a letter, at most 32 characters');
+const name = z.string().regex(NAME, 'must be a lowercase DNS label starting with a letter, at most 24 characters');
 
 const bytes = (what: string) =>
   z.union([z.string(), z.number()]).transform((v, ctx) => {
