@@ -221,8 +221,8 @@ export function controllerService(ctx: DriverContext): ControllerImpl {
 
     async ListVolumes(req) {
       ctx.requireReady();
-      const all = Object.values(ctx.state.volumes).sort((a, b) => a.id.localeCompare(b.id));
-      const { page, next } = paginate(all, req.max_entries, req.starting_token);
+      const all = Object.values(ctx.state.volumes).sort((a, b) => (a.id < b.id ? -1 : 1));
+      const { page, next } = paginate(all, (v) => v.id, req.max_entries, req.starting_token, (t) => parseId(t)?.kind === 'vol');
       return { entries: page.map((v) => ({ volume: volumeMessage(ctx, v) })), next_token: next };
     },
 
@@ -292,10 +292,10 @@ export function controllerService(ctx: DriverContext): ControllerImpl {
 
     async ListSnapshots(req) {
       ctx.requireReady();
-      let all = Object.values(ctx.state.snapshots).sort((a, b) => a.id.localeCompare(b.id));
+      let all = Object.values(ctx.state.snapshots).sort((a, b) => (a.id < b.id ? -1 : 1));
       if (req.snapshot_id) all = all.filter((s) => s.id === req.snapshot_id);
       if (req.source_volume_id) all = all.filter((s) => s.sourceVolumeId === req.source_volume_id);
-      const { page, next } = paginate(all, req.max_entries, req.starting_token);
+      const { page, next } = paginate(all, (s) => s.id, req.max_entries, req.starting_token, (t) => parseId(t)?.kind === 'snap');
       return { entries: page.map((s) => ({ snapshot: snapshotMessage(s) })), next_token: next };
     },
 

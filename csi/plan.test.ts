@@ -69,13 +69,20 @@ describe('csi plan: publish table (spec NodePublishVolume)', () => {
 
 describe('csi plan: pagination and layers', () => {
   const items = ['a', 'b', 'c', 'd', 'e'];
+  const valid = (t: string) => /^[a-z]$/.test(t);
+  const page = (xs: string[], max: number, tok: string) => paginate(xs, (x) => x, max, tok, valid);
   it('max_entries 2 then the token alone returns the rest', () => {
-    const p1 = paginate(items, 2, '');
-    assert.deepEqual(p1, { page: ['a', 'b'], next: '2' });
-    assert.deepEqual(paginate(items, 0, p1.next), { page: ['c', 'd', 'e'], next: '' });
+    const p1 = page(items, 2, '');
+    assert.deepEqual(p1, { page: ['a', 'b'], next: 'b' });
+    assert.deepEqual(page(items, 0, p1.next), { page: ['c', 'd', 'e'], next: '' });
   });
-  for (const bad of ['x', '-1', '6', '1e3']) {
-    it(`token ${bad} → ABORTED`, () => assert.throws(() => paginate(items, 0, bad), (e: Error) => e.name === 'Aborted'));
+  it('entries deleted or added between pages do not shift the next page', () => {
+    const p1 = page(items, 2, '');
+    assert.deepEqual(page(['a', 'c', 'd', 'e', 'f'], 0, p1.next).page, ['c', 'd', 'e', 'f']);
+  });
+  it('the last page has no token', () => assert.deepEqual(page(items, 5, ''), { page: items, next: '' }));
+  for (const bad of ['X', '12', 'vol-x']) {
+    it(`token ${bad} → ABORTED`, () => assert.throws(() => page(items, 0, bad), (e: Error) => e.name === 'Aborted'));
   }
   it('layers reachable from a volume head or a snapshot stay; the rest is garbage', () => {
     const s = emptyState();

@@ -202,16 +202,24 @@ export function decidePublish(req: PublishArgs, others: PublishArgs[]): 'exists'
   return 'new';
 }
 
-/** Index-token pagination; a token that is not an index we could have issued → ABORTED. */
-export function paginate<T>(items: T[], maxEntries: number, token: string): { page: T[]; next: string } {
+/**
+ * Key-token pagination over items sorted by key: the token is the last key returned, the next
+ * page starts after it. Unlike an index it stays right when entries are added or deleted
+ * between pages (even the token's own entry). A token that is not a key we could have issued
+ * (`validToken` false) → ABORTED, as the spec asks.
+ */
+export function paginate<T>(
+  items: T[],
+  key: (t: T) => string,
+  maxEntries: number,
+  token: string,
+  validToken: (t: string) => boolean,
+): { page: T[]; next: string } {
   if (maxEntries < 0) throw new InvalidArgument('max_entries must not be negative');
-  let start = 0;
-  if (token !== '') {
-    if (!/^[0-9]{1,9}$/.test(token) || Number(token) > items.length) throw new Aborted(`starting_token "${token}" is not valid`);
-    start = Number(token);
-  }
-  const end = maxEntries === 0 ? items.length : Math.min(items.length, start + maxEntries);
-  return { page: items.slice(start, end), next: end < items.length ? String(end) : '' };
+  if (token !== '' && !validToken(token)) throw new Aborted(`starting_token "${token}" is not valid`);
+  const rest = token === '' ? items : items.filter((i) => key(i) > token);
+  const page = maxEntries === 0 ? rest : rest.slice(0, maxEntries);
+  return { page, next: page.length < rest.length ? key(page[page.length - 1]!) : '' };
 }
 
 /** QEMU's option syntax doubles commas inside values. */

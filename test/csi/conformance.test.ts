@@ -140,6 +140,16 @@ describe('csi: identity and controller rules', function () {
     assert.equal(rest.entries.length, 1);
     assert.equal(rest.next_token, '');
     assert.deepEqual([...first.entries, ...rest.entries].map((e) => e.volume?.volume_id).sort(), ids.sort());
+    // The last volume of the first page goes away and a new one arrives: the token still works.
+    await h.c.controller.DeleteVolume({ volume_id: first.entries[1]!.volume!.volume_id });
+    ids.splice(ids.indexOf(first.entries[1]!.volume!.volume_id), 1);
+    ids.push((await h.c.controller.CreateVolume({ name: 'pvt-l4', volume_capabilities: [cap('block')] })).volume!.volume_id);
+    const after = await h.c.controller.ListVolumes({ starting_token: first.next_token });
+    const seen = new Set([first.entries[0]!.volume!.volume_id, ...after.entries.map((e) => e.volume!.volume_id)]);
+    for (const id of ids) {
+      const onFirstPage = id === first.entries[0]!.volume!.volume_id;
+      assert.ok(seen.has(id) || (!onFirstPage && id < first.next_token), `volume ${id} is listed`);
+    }
     await rejectsWith(h.c.controller.ListVolumes({ starting_token: 'garbage' }), status.ABORTED);
     await rejectsWith(h.c.controller.ListVolumes({ starting_token: '99' }), status.ABORTED);
     for (const id of ids) await h.c.controller.DeleteVolume({ volume_id: id });
