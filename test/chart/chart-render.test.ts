@@ -1,4 +1,6 @@
 import { strict as assert } from 'node:assert';
+import { main as agentMain } from '../../agent/kube/main.js';
+import { AGENT_CONTAINER, AGENT_SELECTOR } from '../../agent/kube/kubectl/console.js';
 import { parseConfig } from '../../plugins/config.js';
 import { validateCniConfig, validateManifest } from './k8s-validate.js';
 import { render, type Manifest, type RenderOptions, type Rendered } from './render-chart.js';
@@ -323,6 +325,38 @@ describe('chart: rendered manifests', () => {
       assert.equal(flag(off, 'cni-bin-dir'), undefined);
       assert.equal(flag(off, 'disable'), 'cni-install');
       assert.ok(!off.volumeMounts?.some((m) => m.name === 'cni-bin-dir'));
+    });
+  });
+
+  describe('the chart and the agent agree', () => {
+    it('`podvirt agent` accepts the command line the chart gives it (its strict flag parser runs)', async () => {
+      for (const opts of [{}, { values: { cni: { install: false }, agent: { extraArgs: ['--stop-timeout=60'] } } }] as RenderOptions[]) {
+        const a = container(render(opts), 'agent');
+        assert.equal(a.args?.[0], 'agent');
+        const write = process.stdout.write.bind(process.stdout);
+        let printed = '';
+        process.stdout.write = ((chunk: string) => {
+          printed += chunk;
+          return true;
+        }) as typeof process.stdout.write;
+        try {
+          // --help makes main return right after parsing: an unknown flag would throw first.
+          assert.equal(await agentMain([...(a.args ?? []).slice(1), '--help']), 0);
+        } finally {
+          process.stdout.write = write;
+        }
+        assert.match(printed, /usage: podvirt agent/);
+      }
+    });
+
+    it('kubectl podvirt finds the agent pods by their labels and container name', () => {
+      const ds = one(render({}), 'DaemonSet');
+      const labels = (ds.spec as { template: { metadata: { labels: Record<string, string> } } }).template.metadata.labels;
+      for (const term of AGENT_SELECTOR.split(',')) {
+        const [k, v] = term.split('=') as [string, string];
+        assert.equal(labels[k], v, `agent pods must carry ${term}`);
+      }
+      assert.ok(podSpec(render({})).containers.some((c) => c.name === AGENT_CONTAINER));
     });
   });
 
