@@ -3,6 +3,7 @@ import { readFileSync, readdirSync } from 'node:fs';
 import * as path from 'node:path';
 import { parse, parseAllDocuments } from 'yaml';
 import { parseLocalManifest } from '../../agent/local/manifest.js';
+import { podVmInput } from '../../agent/spec/index.js';
 import { PROJECT_ROOT } from '../../lib/project-root.js';
 import { validateCniConfig, validateManifest } from './k8s-validate.js';
 import { podSecurityViolations } from './pod-security.js';
@@ -133,6 +134,18 @@ describe('examples/', () => {
         for (const i of spec.interfaces) assert.ok(nets.some((n) => n.name === i.network), `interface ${i.name}: network ${i.network} is attached`);
         assert.ok(nets.some((n) => n.name === 'migration-net'), 'the migration network is attached');
         assert.ok(nets.find((n) => n.name === 'vm-net')?.mac, 'the VM NIC has a fixed MAC (it must not change on migration)');
+      });
+
+      it("the agent's own VM spec parser accepts it, with a Guaranteed pod sized for the VM", () => {
+        const input = podVmInput(onlyPod(file));
+        assert.equal(input.container, 'compute');
+        assert.equal(input.resources.guaranteed, true);
+        assert.equal(input.resources.cpus, input.spec.cpus, 'one exclusive CPU per vCPU');
+        assert.ok((input.resources.memoryBytes ?? 0) > input.spec.memory, 'room for QEMU beside the guest memory');
+        assert.deepEqual(input.resources.extended, { 'devices.kubevirt.io/kvm': 1, 'devices.kubevirt.io/tun': 1 });
+        assert.deepEqual(input.volumes, { data: { kind: 'block', devicePath: '/dev/vm/data' } });
+        assert.deepEqual(input.spec.disks.map((d) => [d.name, d.volume, d.type]), [['data', 'data', 'block']]);
+        assert.deepEqual(input.spec.interfaces.map((i) => [i.name, i.network, i.binding]), [['net0', 'vm-net', 'tap']]);
       });
 
       it('the local-mode manifest parser accepts it together with its PVC and NADs', () => {
