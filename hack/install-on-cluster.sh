@@ -27,7 +27,8 @@
 #   --namespace NS          namespace of the release (default: podvirt)
 #   --release NAME          helm release name (default: podvirt)
 #   --create-kind NAME      create a kind cluster NAME first (fails if it exists)
-#   --kind-load             load PODVIRT_IMAGE and LAUNCHER_IMAGE from the local container engine into kind
+#   --kind-load             load --image and --launcher-image from the local container engine into kind
+#                           (build them with hack/image/podvirt.Dockerfile and launcher.Dockerfile)
 #   --image REF             podvirt image (repository:tag) for the chart (default: the chart's)
 #   --launcher-image REF    image of the VM pods' compute container (default: the examples')
 #   --tcg                   run the VM without KVM (accel: tcg, no devices.kubevirt.io/kvm request)
