@@ -61,5 +61,7 @@ export async function agentMain(argv: string[]): Promise<number> {
   ]);
   log.info({ why }, 'local agent stopping; VMs keep running');
   await daemon.close();
+  // Idle client channels (gRPC, QMP reconnects) must not keep a stopped daemon around.
+  setTimeout(() => process.exit(0), 1000).unref();
   return 0;
 }

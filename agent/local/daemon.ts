@@ -9,6 +9,8 @@ import { LocalAgent } from './agent.js';
 import type { NetworkBackend, VmBackend, VolumeBackend } from './backends.js';
 import { serveControl } from './control.js';
 import { LocalDevices } from './devices.js';
+import { ensureSharedMount, releaseSharedMount } from './local-launcher.js';
+import { PodStore } from './pod-store.js';
 import { controlSocket, type LocalPaths } from './paths.js';
 
 export interface DaemonOptions {
@@ -70,6 +72,11 @@ export async function startLocalDaemon(o: DaemonOptions): Promise<LocalDaemon> {
     cleanups.length = 0;
   };
   try {
+    // Volumes published later (hotplug) must reach QEMUs already running in their own mount namespaces.
+    await ensureSharedMount(o.paths.runDir);
+    cleanups.push(async () => {
+      if ((await new PodStore(o.paths).runningNames()).length === 0) await releaseSharedMount(o.paths.runDir);
+    });
     const dhcp = new DhcpServer({ log: o.log, ...(o.dhcpPort !== undefined ? { port: o.dhcpPort } : {}) });
     await dhcp.start();
     cleanups.push(() => dhcp.stop());
