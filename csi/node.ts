@@ -47,6 +47,11 @@ async function ext4Bytes(dev: string): Promise<number> {
   return count * size;
 }
 
+/** Clones and restores carry their source's XFS UUID; XFS refuses a second mount of one UUID without `nouuid`. */
+function mountOptions(fsType: FsType, flags: string[]): string[] {
+  return fsType === 'xfs' && !flags.includes('nouuid') ? [...flags, 'nouuid'] : flags;
+}
+
 /**
  * Formats a new volume, grows a filesystem that is smaller than its device (an ext4 cannot
  * grow while mounted on hosts without CAP_SYS_RESOURCE, so staging is where it catches up),
@@ -58,7 +63,7 @@ async function mountFilesystem(ctx: DriverContext, dev: string, stagingPath: str
   else if (found !== fsType) throw new FailedPrecondition(`volume holds a ${found} filesystem, not ${fsType}`);
   if (fsType === 'ext4' && (await ctx.host.blockSize(dev)) - (await ext4Bytes(dev)) >= 4096 * 16) await ctx.host.growExt4Offline(dev);
   await fs.mkdir(stagingPath, { recursive: true });
-  await ctx.host.mount(dev, stagingPath, { fsType, options: flags });
+  await ctx.host.mount(dev, stagingPath, { fsType, options: mountOptions(fsType, flags) });
   if (fsType === 'xfs') await ctx.host.growXfs(stagingPath);
 }
 
@@ -269,7 +274,7 @@ export function nodeService(ctx: DriverContext): NodeImpl {
             try {
               await ctx.host.growExt4Offline(stage.loopDevice);
             } finally {
-              await ctx.host.mount(stage.loopDevice, stage.stagingPath, { fsType: stage.fsType, options: stage.mountFlags });
+              await ctx.host.mount(stage.loopDevice, stage.stagingPath, { fsType: stage.fsType, options: mountOptions(stage.fsType, stage.mountFlags) });
             }
           }
         }

@@ -351,6 +351,26 @@ for (const access of ['block', 'mount'] as const) {
       }
     });
 
+    if (access === 'mount') {
+      it('an xfs clone mounts while its source is mounted (same filesystem UUID)', async () => {
+        const xfs = cap('mount', 'SINGLE_NODE_WRITER', 'xfs');
+        const src = (await h.c.controller.CreateVolume({ name: 'pvt-xfs-src', volume_capabilities: [xfs], capacity_range: { required_bytes: 512 * MiB } })).volume!;
+        const s1 = h.dir('staging');
+        await h.c.node.NodeStageVolume({ volume_id: src.volume_id, staging_target_path: s1, volume_capability: xfs });
+        const t1 = target(h.dir('pods'));
+        await h.c.node.NodePublishVolume({ volume_id: src.volume_id, staging_target_path: s1, target_path: t1, volume_capability: xfs });
+        writeData('mount', t1, 'xfs-data');
+        const cl = (await h.c.controller.CreateVolume({ name: 'pvt-xfs-clone', volume_capabilities: [xfs], volume_content_source: { volume: { volume_id: src.volume_id } } })).volume!;
+        const s2 = h.dir('staging');
+        await h.c.node.NodeStageVolume({ volume_id: cl.volume_id, staging_target_path: s2, volume_capability: xfs });
+        const t2 = target(h.dir('pods'));
+        await h.c.node.NodePublishVolume({ volume_id: cl.volume_id, staging_target_path: s2, target_path: t2, volume_capability: xfs });
+        assert.equal(readData('mount', t2), 'xfs-data');
+        await release(cl.volume_id, s2, t2);
+        await release(src.volume_id, s1, t1);
+      });
+    }
+
     it('expansion is seen by the published device and by the filesystem', async function () {
       const fs = access === 'mount' ? ['ext4', 'xfs'] : [''];
       for (const fsType of fs) {
