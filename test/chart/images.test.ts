@@ -16,7 +16,7 @@ describe('hack/image: the images the chart and examples name', () => {
     assert.match(df, /^FROM node:22-bookworm-slim$/m);
     assert.match(df, /ln -s \/opt\/podvirt\/dist\/bin\/podvirt\.js \/usr\/local\/bin\/podvirt/);
     assert.match(df, /COPY --from=build \/src\/dist \.\/dist/, 'dist/cni is what the agent installs on the host');
-    const ds = render({}).all.find((m) => m.kind === 'DaemonSet') as { spec: { template: { spec: { containers: { name: string; command?: string[] }[] } } } };
+    const ds = render({}).all.find((m) => m.kind === 'DaemonSet') as unknown as { spec: { template: { spec: { containers: { name: string; command?: string[] }[] } } } };
     assert.deepEqual(ds.spec.template.spec.containers.find((c) => c.name === 'agent')?.command, ['podvirt']);
     // Host tools the agent's components run.
     for (const pkg of ['qemu-utils', 'fuse3', 'util-linux', 'e2fsprogs', 'xfsprogs', 'iproute2']) assert.match(df, new RegExp(`\\b${pkg}\\b`));
