@@ -1,0 +1,145 @@
+/**
+ * Local-mode node agent benchmark, in one run on this host:
+ *   1. start to guest marker: `podvirt run` (agent already up) → PODVIRT-GUEST-READY on the serial
+ *      log, against bare `qemu-system-x86_64` with the same guest, machine, memory and vCPUs,
+ *      interleaved so both see the same host load; minimal VM and a VM with a CSI disk + CNI tap
+ *      (bare: raw file disk + user-mode NIC);
+ *   2. memory per VM beyond QEMU's own RSS: the agent's RSS growth per VM plus helper processes
+ *      started for the VM (qemu-storage-daemon per volume);
+ *   3. QMP round trip (`query-status`) on a running VM.
+ *
+ *   npx tsx bench/agent.ts [rounds=3]
+ */
+import { spawn, execFileSync } from 'node:child_process';
+import { promises as fs, existsSync } from 'node:fs';
+import * as path from 'node:path';
+import { LocalEnv, GUEST_INITRD, GUEST_KERNEL, type Status } from '../test/agent-local/harness.js';
+import { QmpClient } from '../agent/qmp/client.js';
+import { PROJECT_ROOT } from '../lib/project-root.js';
+import { sleep } from '../lib/backoff.js';
+
+const ROUNDS = Number(process.argv[2] ?? 3);
+const CMDLINE = 'console=ttyS0 quiet panic=-1';
+const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
+const pct = (xs: number[], p: number) => [...xs].sort((a, b) => a - b)[Math.min(xs.length - 1, Math.floor((xs.length * p) / 100))]!;
+
+async function waitMarker(log: string, t0: number, timeoutMs = 120_000): Promise<number> {
+  for (;;) {
+    if (existsSync(log) && (await fs.readFile(log, 'utf8')).includes('PODVIRT-GUEST-READY')) return performance.now() - t0;
+    if (performance.now() - t0 > timeoutMs) throw new Error(`no marker in ${log}`);
+    await sleep(20);
+  }
+}
+
+async function bare(dir: string, withDevices: boolean): Promise<number> {
+  const log = path.join(dir, `bare-${Date.now()}.log`);
+  const args = ['-machine', 'q35', '-accel', 'tcg', '-cpu', 'max', '-m', '128', '-smp', '1', '-nodefaults', '-display', 'none',
+    '-kernel', GUEST_KERNEL, '-initrd', GUEST_INITRD, '-append', CMDLINE, '-serial', `file:${log}`];
+  if (withDevices) {
+    const disk = path.join(dir, 'bare-disk.img');
+    if (!existsSync(disk)) execFileSync('qemu-img', ['create', '-f', 'raw', disk, '32M'], { stdio: 'ignore' });
+    args.push('-drive', `file=${disk},format=raw,if=none,id=d0`, '-device', 'virtio-blk-pci,drive=d0', '-netdev', 'user,id=n0', '-device', 'virtio-net-pci,netdev=n0');
+  }
+  const t0 = performance.now();
+  const child = spawn('qemu-system-x86_64', args, { stdio: 'ignore' });
+  try {
+    return await waitMarker(log, t0);
+  } finally {
+    child.kill('SIGKILL');
+    await new Promise((r) => child.once('exit', r));
+  }
+}
+
+async function local(env: LocalEnv, name: string, withDevices: boolean): Promise<{ ms: number; st: Status }> {
+  const file = path.join(env.dir, `${name}.yaml`);
+  await fs.writeFile(file, env.manifest({ name, cpus: 1, network: withDevices, blockClaims: withDevices ? { data: '32Mi' } : {} }));
+  const t0 = performance.now();
+  await env.cli(['run', file]);
+  const st = await env.status(name);
+  const ms = await waitMarker(st.serialLog, t0);
+  return { ms, st };
+}
+
+async function rssKiB(pid: number): Promise<number> {
+  const s = await fs.readFile(`/proc/${pid}/status`, 'utf8');
+  return Number(/^VmRSS:\s+(\d+)/m.exec(s)?.[1] ?? 0);
+}
+
+async function pidsMatching(needle: string): Promise<number[]> {
+  const out: number[] = [];
+  for (const p of await fs.readdir('/proc')) {
+    if (!/^\d+$/.test(p)) continue;
+    const cmd = await fs.readFile(`/proc/${p}/cmdline`, 'utf8').catch(() => '');
+    if (cmd.includes(needle)) out.push(Number(p));
+  }
+  return out;
+}
+
+async function main(): Promise<void> {
+  execFileSync(process.execPath, [path.join(PROJECT_ROOT, 'hack/build.mjs')], { stdio: 'inherit' });
+  const env = new LocalEnv();
+  env.useDist = true;
+  await env.init();
+  const rows: [string, string, string, string][] = [];
+  try {
+    // Warm the agent (cold start reported separately).
+    const c0 = performance.now();
+    await env.cli(['ps']);
+    const warm = await env.cli(['run', '-'], { input: env.manifest({ name: 'warm', network: false }) }).then(() => performance.now() - c0);
+    await env.cli(['stop', 'warm', '--timeout', '2']);
+    const agentPid = Number((await fs.readFile(path.join(env.runDir, 'agent.pid'), 'utf8')).trim());
+
+    for (const withDevices of [false, true]) {
+      const b: number[] = [];
+      const l: number[] = [];
+      for (let i = 0; i < ROUNDS; i++) {
+        b.push(await bare(env.dir, withDevices));
+        const name = `b${withDevices ? 'd' : 'm'}${i}`;
+        l.push((await local(env, name, withDevices)).ms);
+        await env.cli(['stop', name, '--timeout', '2', '--delete-volumes']);
+      }
+      const what = withDevices ? 'start → marker, VM with disk + NIC' : 'start → marker, minimal VM';
+      rows.push([what, `${(median(l) / 1000).toFixed(2)} s`, `${(median(b) / 1000).toFixed(2)} s`, `${(median(l) / median(b)).toFixed(3)} (goal ≤ 1.05)`]);
+    }
+
+    // Memory: agent RSS idle, then with two VMs (disk + NIC each); helpers = qsd processes of their volumes.
+    const idle = await rssKiB(agentPid);
+    const vms: Status[] = [];
+    for (const n of ['m0', 'm1']) vms.push((await local(env, n, true)).st);
+    await sleep(2000);
+    const busy = await rssKiB(agentPid);
+    let helpers = 0;
+    for (const pid of await pidsMatching(path.join(env.stateDir, 'csi'))) if (!vms.some((v) => v.qemuPid === pid)) helpers += await rssKiB(pid);
+    const qemu = median(await Promise.all(vms.map((v) => rssKiB(v.qemuPid))));
+    const perVm = (busy - idle) / vms.length + helpers / vms.length;
+    rows.push(['agent RSS (idle / with 2 VMs)', `${(idle / 1024).toFixed(1)} / ${(busy / 1024).toFixed(1)} MiB`, '-', '-']);
+    rows.push(['memory per VM beyond QEMU RSS (agent growth + helpers)', `${(perVm / 1024).toFixed(1)} MiB`, `QEMU RSS ${(qemu / 1024).toFixed(0)} MiB`, `goal ≤ 10 MiB`]);
+    rows.push(['  of which helper processes (qemu-storage-daemon per volume)', `${(helpers / vms.length / 1024).toFixed(1)} MiB`, '-', '-']);
+
+    // QMP round trip on a running VM (its socket is the VM controller's; the agent lets go briefly).
+    const q = await QmpClient.connect(vms[0]!.qmpSocket).catch(() => undefined);
+    if (q) {
+      const t: number[] = [];
+      for (let i = 0; i < 300; i++) {
+        const s = performance.now();
+        await q.execute('query-status');
+        t.push(performance.now() - s);
+      }
+      q.close();
+      rows.push(['QMP query-status round trip p50 / p99', `${median(t).toFixed(2)} / ${pct(t, 99).toFixed(2)} ms`, '-', '-']);
+    } else {
+      rows.push(['QMP query-status round trip', 'n/a (monitor held by the VM controller)', '-', '-']);
+    }
+    rows.push(['cold `podvirt run` incl. agent start (minimal VM, to return)', `${(warm / 1000).toFixed(2)} s`, '-', '-']);
+  } finally {
+    await env.dispose();
+  }
+  const head: [string, string, string, string] = ['measure', 'local mode', 'bare qemu', 'ratio / note'];
+  const w = head.map((_, i) => Math.max(...[head, ...rows].map((r) => r[i]!.length)));
+  for (const r of [head, ...rows]) console.log(r.map((c, i) => c.padEnd(w[i]!)).join(' | '));
+}
+
+main().catch((e: unknown) => {
+  console.error(e);
+  process.exitCode = 1;
+});
