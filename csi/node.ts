@@ -63,6 +63,8 @@ async function mountFilesystem(ctx: DriverContext, dev: string, stagingPath: str
   else if (found !== fsType) throw new FailedPrecondition(`volume holds a ${found} filesystem, not ${fsType}`);
   if (fsType === 'ext4' && (await ctx.host.blockSize(dev)) - (await ext4Bytes(dev)) >= 4096 * 16) await ctx.host.growExt4Offline(dev);
   await fs.mkdir(stagingPath, { recursive: true });
+  // A mount no record knows (a crash between mounting and saving state) would be stacked under ours.
+  while (await ctx.host.isMountpoint(stagingPath)) await ctx.host.umount(stagingPath, true);
   await ctx.host.mount(dev, stagingPath, { fsType, options: mountOptions(fsType, flags) });
   if (fsType === 'xfs') await ctx.host.growXfs(stagingPath);
 }
@@ -77,6 +79,7 @@ export async function tearDown(ctx: DriverContext, vol: { id: string }, st: Stag
 
 export async function publishTarget(ctx: DriverContext, st: StageRec, p: PublishRec): Promise<void> {
   await fs.mkdir(path.dirname(p.targetPath), { recursive: true });
+  while (await ctx.host.isMountpoint(p.targetPath)) await ctx.host.umount(p.targetPath, true);
   // A reader-only access mode is honoured even when the CO forgets `readonly`.
   const ro = p.readonly || p.mode === 'SINGLE_NODE_READER_ONLY';
   if (p.type === 'block') {

@@ -1,6 +1,7 @@
 import { strict as assert } from 'node:assert';
 import { execFileSync } from 'node:child_process';
-import { writeFileSync, existsSync, readdirSync } from 'node:fs';
+import { writeFileSync, existsSync, readdirSync, readFileSync } from 'node:fs';
+import { waitFor } from '../../lib/backoff.js';
 import * as path from 'node:path';
 import { CsiHarness, cap, qsdPids, readData, writeData, type Access } from './harness.js';
 
@@ -78,5 +79,29 @@ describe('csi: restart and reconciliation', function () {
     }
     assert.equal(readdirSync(path.join(h.stateDir, 'run')).length, 2, 'one run dir per staged volume, no leftovers');
     writeFileSync(path.join(h.root, 'done'), '');
+  });
+
+  it('a stage the state never recorded (crash mid-stage) is cleaned up at start and the retried stage works', async () => {
+    const v = (await h.c.controller.CreateVolume({ name: 'pvt-rs-crash', volume_capabilities: [cap('mount')] })).volume!;
+    const staging = h.dir('staging');
+    await h.c.node.NodeStageVolume({ volume_id: v.volume_id, staging_target_path: staging, volume_capability: cap('mount') });
+    const pid = daemonOf(v.volume_id);
+    await h.stop();
+    const file = path.join(h.stateDir, 'state.json');
+    const st = JSON.parse(readFileSync(file, 'utf8')) as { stages: Record<string, unknown> };
+    delete st.stages[v.volume_id];
+    writeFileSync(file, JSON.stringify(st));
+    await h.start();
+    await waitFor(() => (qsdPids(path.join(h.stateDir, 'run')).includes(pid) ? undefined : true), { timeoutMs: 10_000, what: 'the stray daemon to stop' });
+    // The CO retries the stage it never saw succeed.
+    await h.c.node.NodeStageVolume({ volume_id: v.volume_id, staging_target_path: staging, volume_capability: cap('mount') });
+    const t = path.join(h.dir('pods'), 't');
+    await h.c.node.NodePublishVolume({ volume_id: v.volume_id, staging_target_path: staging, target_path: t, volume_capability: cap('mount') });
+    writeData('mount', t, 'after-crash');
+    assert.equal(readData('mount', t), 'after-crash');
+    await h.c.node.NodeUnpublishVolume({ volume_id: v.volume_id, target_path: t });
+    await h.c.node.NodeUnstageVolume({ volume_id: v.volume_id, staging_target_path: staging });
+    const mounts = execFileSync('findmnt', ['-rn', '-o', 'TARGET'], { encoding: 'utf8' }).split('\n');
+    assert.ok(!mounts.includes(staging), 'no stacked mount stays at the staging path');
   });
 });
