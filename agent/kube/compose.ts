@@ -120,21 +120,10 @@ export function csiVolumeFigures(c: ComposeConfig): () => Promise<VolumeFigures 
   };
 }
 
-/**
- * The VM runtime. Until the VM core's VmController is composed here, starts fail with a clear
- * reason (and the pod says so through its condition and a Warning event).
- */
+/** The VM runtime: the VM core's VmController per pod (agent/kube/vm-core-runtime.ts). */
 export async function buildVmRuntime(c: ComposeConfig): Promise<VmRuntime> {
-  void c;
-  const missing = () => new FailedPrecondition('this podvirt build has no VM core (agent/vm) to launch QEMU with');
-  return {
-    start: async () => Promise.reject(missing()),
-    adopt: async () => undefined,
-    stop: async () => undefined,
-    report: async () => undefined,
-    onExit: () => undefined,
-    detachAll: async () => undefined,
-  };
+  const { VmCoreRuntime } = await import('./vm-core-runtime.js');
+  return new VmCoreRuntime({ stateDir: c.stateDir, runDir: c.runDir, procRoot: c.procRoot, sysRoot: c.sysRoot, devRoot: c.devRoot, log: c.log.child({ part: 'vm' }) });
 }
 
 export async function buildMigration(c: ComposeConfig): Promise<MigrationHandoff | undefined> {

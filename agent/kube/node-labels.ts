@@ -3,10 +3,10 @@
  * KVM usable, CPU vendor/model and a curated set of CPU features, NUMA nodes, hugepages, and the
  * podvirt version. Plan (facts -> labels, pure) and apply (read the host, patch the Node).
  */
-import { promises as fs, constants as fsc } from 'node:fs';
 import { CoreV1Api, PatchStrategy, setHeaderOptions, type KubeConfig } from '@kubernetes/client-node';
 import si from 'systeminformation';
 import { Sysfs } from '../../lib/sysfs.js';
+import { probeKvm } from '../launch/accel.js';
 
 export const LABEL_KVM = 'podvirt.io/kvm';
 export const LABEL_VERSION = 'podvirt.io/version';
@@ -32,6 +32,7 @@ export const CURATED_CPU_FEATURES = [
 ] as const;
 
 export interface NodeFacts {
+  /** KVM usable for stock guests (the VM core's probe). */
   kvmUsable: boolean;
   cpuVendor: string;
   cpuModel: string;
@@ -106,14 +107,8 @@ export interface HostRoots {
 /** Reads the facts from the host (sysfs, /dev/kvm, systeminformation for the CPU). */
 export async function gatherNodeFacts(version: string, roots: HostRoots = {}): Promise<NodeFacts> {
   const sys = new Sysfs(roots.sysRoot ?? '/sys');
-  let kvmUsable: boolean;
-  try {
-    const fh = await fs.open(`${roots.devRoot ?? '/dev'}/kvm`, fsc.O_RDWR);
-    await fh.close();
-    kvmUsable = true;
-  } catch {
-    kvmUsable = false;
-  }
+  // The VM core's probe: opens /dev/kvm, asks the API version, and rejects PVM-only hosts.
+  const kvmUsable = (await probeKvm({ dev: roots.devRoot ?? '/dev', sys: roots.sysRoot ?? '/sys' })).usable;
   const cpu = await si.cpu();
   const flags = (await si.cpuFlags()).split(/\s+/).filter(Boolean);
   const nodes = (await sys.list('devices/system/node')).filter((n) => /^node\d+$/.test(n)).length;

@@ -292,7 +292,15 @@ export class PodReconciler {
   private async fail(key: string, pod: V1Pod, reason: string, message: string, retry: boolean): Promise<void> {
     this.stats.failures++;
     this.d.log.warn({ pod: key, reason, err: message }, 'VM start failed');
-    if (this.lastError.get(key) !== `${reason}:${message}`) {
+    // Already on the pod (reported by this agent, or by the one before a restart): say it once.
+    let onPod: { phase?: string; reason?: string; message?: string } = {};
+    try {
+      onPod = JSON.parse(pod.metadata?.annotations?.[ANN_STATUS] ?? '{}') as typeof onPod;
+    } catch {
+      /* rewrite it */
+    }
+    const reported = onPod.phase === 'Failed' && onPod.reason === reason && onPod.message === message;
+    if (!reported && this.lastError.get(key) !== `${reason}:${message}`) {
       this.lastError.set(key, `${reason}:${message}`);
       await this.d.events.record(pod, 'Warning', reason === 'StartFailed' ? 'Failed' : reason, message);
       await this.write(key, pod, { [ANN_STATUS]: JSON.stringify({ phase: 'Failed', reason, message }) }, { status: 'False', reason, message });

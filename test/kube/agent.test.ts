@@ -5,6 +5,11 @@
  */
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
+import { existsSync, promises as fs, readlinkSync } from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { PROJECT_ROOT } from '../../lib/project-root.js';
+import { exec } from '../../lib/exec.js';
 import { CoreV1Api, type CoreV1Event, type V1Pod } from '@kubernetes/client-node';
 import { ClusterAgent } from '../../agent/kube/cluster-agent.js';
 import { buildVmRuntime } from '../../agent/kube/compose.js';
@@ -12,6 +17,7 @@ import type { VmRuntime, VmTarget } from '../../agent/kube/vm-runtime.js';
 import { createLogger } from '../../lib/log.js';
 import { FakeApiServer } from './fake-apiserver.js';
 import { createKubeletSandbox, type KubeletSandbox } from './kubelet-sandbox.js';
+import { skipBecause } from '../helpers/skip.js';
 
 const log = createLogger('test-kube-agent', process.env.PODVIRT_TEST_LOG ?? 'silent');
 
@@ -66,6 +72,18 @@ describe('podvirt agent in a cluster (fake API server, kubelet-like sandboxes)',
   let runtime: ObservedRuntime;
   let agent: ClusterAgent;
   const sandboxes: KubeletSandbox[] = [];
+  let tmp: string;
+  const guest = path.join(PROJECT_ROOT, '.cache', 'guest');
+  const vmSpec = (extra = '') =>
+    `cpus: 1\nmemory: 128Mi\naccel: tcg\nkernel: ${guest}/vmlinuz\ninitrd: ${guest}/initramfs.cpio.gz\ncmdline: console=ttyS0 podvirt.nodhcp=1\n${extra}`;
+  const alive = (pid: number) => {
+    try {
+      process.kill(pid, 0);
+      return true;
+    } catch {
+      return false;
+    }
+  };
 
   const vmPod = (name: string, nodeName: string, spec = 'cpus: 1\nmemory: 64Mi\naccel: tcg\n'): V1Pod => ({
     metadata: { name, namespace: 'default', annotations: { 'vm.podvirt.io/spec': spec } },
@@ -73,8 +91,10 @@ describe('podvirt agent in a cluster (fake API server, kubelet-like sandboxes)',
   });
 
   /** Creates the pod, then plays the kubelet: its uid's sandbox, Running status with the container ID. */
-  async function runPod(name: string, spec?: string): Promise<{ pod: V1Pod; sb: KubeletSandbox }> {
-    const created = api.createObject('pods', vmPod(name, node, spec) as Record<string, unknown>) as V1Pod;
+  async function runPod(name: string, spec?: string, edit: (p: V1Pod) => void = () => undefined): Promise<{ pod: V1Pod; sb: KubeletSandbox }> {
+    const body = vmPod(name, node, spec);
+    edit(body);
+    const created = api.createObject('pods', body as Record<string, unknown>) as V1Pod;
     const sb = await createKubeletSandbox(tag, { uid: created.metadata!.uid! });
     sandboxes.push(sb);
     // Like the kubelet's status manager, keep conditions other components own.
@@ -93,6 +113,9 @@ describe('podvirt agent in a cluster (fake API server, kubelet-like sandboxes)',
   const annotation = (name: string, key: string) => (api.getObject('pods', 'default', name) as V1Pod | undefined)?.metadata?.annotations?.[key];
 
   before(async () => {
+    tmp = await fs.mkdtemp(path.join(os.tmpdir(), 'pvt-kube-agent-'));
+    // QEMU runs as the pod's uid: its run dir's parents must be traversable.
+    await fs.chmod(tmp, 0o755);
     api = new FakeApiServer({ bookmarkIntervalMs: 200 });
     await api.start();
     core = api.kubeConfig().makeApiClient(CoreV1Api);
@@ -103,8 +126,8 @@ describe('podvirt agent in a cluster (fake API server, kubelet-like sandboxes)',
     runtime = new ObservedRuntime(
       await buildVmRuntime({
         node,
-        stateDir: '/nonexistent',
-        runDir: '/nonexistent',
+        stateDir: path.join(tmp, 'state'),
+        runDir: path.join(tmp, 'run'),
         cniBinDir: '/nonexistent',
         kubeletDir: '/nonexistent',
         devicePluginConfig: undefined,
@@ -117,7 +140,12 @@ describe('podvirt agent in a cluster (fake API server, kubelet-like sandboxes)',
         log,
       }),
     );
-    agent = new ClusterAgent({
+    agent = makeAgent();
+    await agent.start();
+  });
+
+  const makeAgent = () =>
+    new ClusterAgent({
       kc: api.kubeConfig(),
       node,
       runtime,
@@ -128,14 +156,15 @@ describe('podvirt agent in a cluster (fake API server, kubelet-like sandboxes)',
       servers: [],
       resyncMs: 60_000,
       retryInitialMs: 100,
+      stopTimeoutMs: 3000,
     });
-    await agent.start();
-  });
 
   after(async () => {
     await agent?.stop();
+    // VMs still running (a failed test) go with their sandboxes' cgroups.
     for (const sb of sandboxes) await sb.destroy();
     await api?.stop();
+    if (tmp) await fs.rm(tmp, { recursive: true, force: true });
   });
 
   it('watches only its own node, labels the node and serves health and metrics', async () => {
@@ -180,6 +209,65 @@ describe('podvirt agent in a cluster (fake API server, kubelet-like sandboxes)',
     assert.equal((await events('elsewhere')).length, 0);
     assert.equal(annotation('elsewhere', 'vm.podvirt.io/status'), undefined);
   });
+  it('a VM pod on its node: QEMU runs non-root in the pod netns and cgroup; pod status, annotations, events and metrics say so', async function () {
+    if (!existsSync(path.join(guest, 'vmlinuz'))) skipBecause(this, 'test guest not built (hack/setup.d/20-test-guest.sh)');
+    const { sb } = await runPod('vm1', vmSpec());
+    await exec('ip', ['-n', sb.netnsName, 'link', 'add', 'pvtdummy0', 'type', 'veth', 'peer', 'name', 'pvtdummy1']);
+    const cond = await until('VMReady=True', () => {
+      const c = condition('vm1');
+      return c?.status === 'True' ? c : c?.status === 'False' ? Promise.reject(new Error(`VM failed: ${c.message}`)) : undefined;
+    }, 60_000);
+    assert.equal(cond.reason, 'Running');
+    const status = JSON.parse(annotation('vm1', 'vm.podvirt.io/status')!) as { phase: string; qemuPid: number; vcpuThreads: { index: number; tid: number; cpus: number[] }[]; consoleSocket: string };
+    assert.equal(status.phase, 'Running');
+    const pid = status.qemuPid;
+    assert.ok(alive(pid));
+    assert.equal(readlinkSync(`/proc/${pid}/ns/net`), readlinkSync(`/proc/${sb.pid}/ns/net`), 'QEMU in the pod netns');
+    const cg = await fs.readFile(`/proc/${pid}/cgroup`, 'utf8');
+    assert.ok(cg.includes(`/pod${sb.uid}/${sb.containerId}`), `QEMU in the container cgroup: ${cg}`);
+    assert.match(await fs.readFile(`/proc/${pid}/status`, 'utf8'), /^Uid:\s+107\s+107\s+107\s+107$/m, 'QEMU non-root');
+    assert.equal(status.vcpuThreads.length, 1);
+    const topo = JSON.parse(annotation('vm1', 'vm.podvirt.io/topology')!) as { machine: string };
+    assert.match(topo.machine, /^pc-q35-/);
+    const evs = await events('vm1');
+    assert.ok(evs.some((e) => e.reason === 'Started' && e.type === 'Normal' && e.message!.includes(String(pid))));
+    // The guest boots (its serial log is the one the status points at).
+    await until('guest marker', async () => ((await fs.readFile(path.join(path.dirname(status.consoleSocket), 'serial.log'), 'utf8').catch(() => '')).includes('PODVIRT-GUEST-READY') ? true : undefined), 60_000);
+    const m = await (await fetch(`http://127.0.0.1:${agent.metricsPort}/metrics`)).text();
+    assert.match(m, new RegExp(`podvirt_vm_info\\{namespace="default",pod="vm1",qemu_pid="${pid}"\\} 1`));
+    assert.match(m, /podvirt_vm_vcpu_seconds_total\{namespace="default",pod="vm1",vcpu="0"\} [0-9.]+/);
+    assert.match(m, /podvirt_vm_memory_rss_bytes\{namespace="default",pod="vm1"\} [1-9]/);
+    assert.match(m, /podvirt_vm_network_receive_bytes_total\{namespace="default",pod="vm1",interface="pvtdummy0"\} 0/);
+    assert.match(m, /podvirt_node_vms 1/);
+    assert.match(m, /podvirt_vm_starts_total\{how="started"\} 1/);
+  });
+
+  it('agent restart: the VM keeps running and is re-adopted (same qemuPid, no new Started event)', async function () {
+    if (condition('vm1')?.status !== 'True') skipBecause(this, 'needs the VM of the previous test');
+    const before = JSON.parse(annotation('vm1', 'vm.podvirt.io/status')!) as { qemuPid: number };
+    await agent.stop();
+    assert.ok(alive(before.qemuPid), 'VM outlives the agent');
+    agent = makeAgent();
+    await agent.start();
+    await until('Adopted condition', () => (condition('vm1')?.reason === 'Adopted' ? true : undefined));
+    const after = JSON.parse(annotation('vm1', 'vm.podvirt.io/status')!) as { qemuPid: number };
+    assert.equal(after.qemuPid, before.qemuPid);
+    assert.equal(agent.reconciler.stats.adoptions, 1);
+    assert.equal(agent.reconciler.stats.starts, 0);
+    assert.equal((await events('vm1')).filter((e) => e.reason === 'Started').length, 1);
+  });
+
+  it('pod deleted: the VM is shut down and its files removed', async function () {
+    if (condition('vm1')?.status !== 'True') skipBecause(this, 'needs the VM of the previous tests');
+    const { qemuPid, consoleSocket } = JSON.parse(annotation('vm1', 'vm.podvirt.io/status')!) as { qemuPid: number; consoleSocket: string };
+    api.deleteObject('pods', 'default', 'vm1');
+    await until('QEMU gone', () => (alive(qemuPid) ? undefined : true), 30_000);
+    await agent.reconciler.idle();
+    assert.equal(existsSync(path.dirname(consoleSocket)), false, 'run dir removed');
+    assert.equal(agent.reconciler.vms.has('default/vm1'), false);
+    assert.ok(runtime.count('stop default/vm1') >= 1);
+  });
+
   it('resumes after a torn connection and after 410 Gone without missing or repeating work', async () => {
     const bad = (name: string) => vmPod(name, node, 'cpus: 0\n') as Record<string, unknown>;
     const restarts = agent.informer.restartCount;

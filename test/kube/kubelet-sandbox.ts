@@ -60,13 +60,14 @@ async function removeGroups(dirs: string[]): Promise<void> {
  * @param parent unique top-level group name (e.g. `pvt-kube-<rand>`), removed by destroy().
  * @param cpus CPUs of the container's cpuset (v1); all online CPUs when omitted.
  */
-export async function createKubeletSandbox(parent: string, opts: { cpus?: string; uid?: string } = {}): Promise<KubeletSandbox> {
+export async function createKubeletSandbox(parent: string, opts: { cpus?: string; uid?: string; runAsUser?: number } = {}): Promise<KubeletSandbox> {
   const layout = await detectCgroupLayout();
   const uid = opts.uid ?? randomUUID();
   const containerId = randomBytes(32).toString('hex');
   const netnsName = `${parent}-${uid.slice(0, 8)}`;
   const rel = [parent, `pod${uid}`, containerId];
   const created: string[] = [];
+  const sharedDirs: string[] = [];
   const roots = layout.version === 1 ? [layout.cpuset, layout.memory] : [layout.root];
   let child: ChildProcess | undefined;
   const destroy = async () => {
@@ -78,6 +79,7 @@ export async function createKubeletSandbox(parent: string, opts: { cpus?: string
       }
     }
     await removeGroups([...created].reverse());
+    for (const d of sharedDirs) await fs.rmdir(d).catch(() => undefined);
     await exec('ip', ['netns', 'delete', netnsName]).catch(() => undefined);
   };
   try {
@@ -86,8 +88,16 @@ export async function createKubeletSandbox(parent: string, opts: { cpus?: string
       for (const part of rel) {
         const parentDir = dir;
         dir = path.join(dir, part);
-        await fs.mkdir(dir);
-        created.push(dir);
+        if (part === parent) {
+          // Shared by the sandboxes of one test run: made once, removed by whoever leaves it empty.
+          await fs.mkdir(dir).catch((e: NodeJS.ErrnoException) => {
+            if (e.code !== 'EEXIST') throw e;
+          });
+          sharedDirs.push(dir);
+        } else {
+          await fs.mkdir(dir);
+          created.push(dir);
+        }
         if (layout.version === 1 && root === layout.cpuset) {
           await writeIfEmpty(path.join(dir, 'cpuset.mems'), path.join(parentDir, 'cpuset.mems'));
           if (opts.cpus && part === containerId) await fs.writeFile(path.join(dir, 'cpuset.cpus'), opts.cpus);
@@ -97,8 +107,14 @@ export async function createKubeletSandbox(parent: string, opts: { cpus?: string
     }
     await exec('ip', ['netns', 'add', netnsName]);
     await exec('ip', ['-n', netnsName, 'link', 'set', 'lo', 'up']);
-    // The "container": a process in its own netns (and, through `ip netns exec`, its own mount ns).
-    child = spawn('ip', ['netns', 'exec', netnsName, 'sleep', 'infinity'], { stdio: 'ignore', detached: true });
+    // The "container": a process in its own netns (and, through `ip netns exec`, its own mount ns),
+    // non-root with no capabilities as a VM pod's container runs (default uid 107).
+    const user = String(opts.runAsUser ?? 107);
+    child = spawn(
+      'ip',
+      ['netns', 'exec', netnsName, 'setpriv', `--reuid=${user}`, `--regid=${user}`, '--clear-groups', '--inh-caps=-all', '--bounding-set=-all', '--', 'sleep', 'infinity'],
+      { stdio: 'ignore', detached: true },
+    );
     child.unref();
     const pid = child.pid!;
     const dirs = roots.map((r) => path.join(r, ...rel));

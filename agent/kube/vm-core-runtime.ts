@@ -1,0 +1,201 @@
+/**
+ * The cluster agent's VmRuntime on top of the VM core (agent/vm VmController, agent/plan): turns
+ * a pod already running on the node (found by agent/kube/pod-discovery) into the plan's inputs
+ * and starts one VmController per pod.
+ *
+ * Where QEMU runs: in the pod's network namespace and in its container's cgroups (every
+ * hierarchy), as the pod's non-root uid with no capabilities (the VM core's launcher). It stays
+ * in the host's mount namespace, and reaches the pod's files through `/proc/<pid>/root/...`
+ * (volume devices, volume mounts, kernel/initrd paths as the pod sees them); its sockets live in
+ * the agent's run dir. The container's device cgroup still applies to QEMU, so `/dev/kvm`, tun
+ * and vhost open only when the pod was allocated them.
+ */
+import { promises as fs } from 'node:fs';
+import * as path from 'node:path';
+import type { V1Pod } from '@kubernetes/client-node';
+import { FailedPrecondition, errorMessage } from '../../lib/errors.js';
+import type { Logger } from '../../lib/log.js';
+import { parseCpuList } from '../../lib/sysfs.js';
+import { probeKvm } from '../launch/accel.js';
+import { planVm, qemuMachineAliases, readNumaFacts, type PodFacts, type VolumeSource } from '../plan/index.js';
+import { podVmInput } from '../spec/index.js';
+import { VmController } from '../vm/index.js';
+import type { VmExit, VmReport, VmRuntime, VmTarget } from './vm-runtime.js';
+
+export interface VmCoreRuntimeOptions {
+  /** Durable per-VM state (`<stateDir>/vms/<pod uid>/vm.json`). */
+  stateDir: string;
+  /** Sockets, serial log, QEMU log (`<runDir>/vms/<pod uid>/`). */
+  runDir: string;
+  procRoot?: string;
+  sysRoot?: string;
+  devRoot?: string;
+  /** uid/gid QEMU runs as when the pod names none (KubeVirt's 107). */
+  defaultUid?: number;
+  log: Logger;
+}
+
+const NETWORK_STATUS = 'k8s.v1.cni.cncf.io/network-status';
+
+/** Interface (tap) names in the pod netns per network attachment name, from Multus' annotation (pure). */
+export function tapsFromNetworkStatus(pod: V1Pod, ifaces: ReadonlyArray<{ name: string; network: string; binding: string }>): Record<string, string> {
+  const raw = pod.metadata?.annotations?.[NETWORK_STATUS];
+  let status: Array<{ name?: string; interface?: string }> = [];
+  try {
+    status = raw ? (JSON.parse(raw) as typeof status) : [];
+  } catch {
+    status = [];
+  }
+  const ns = pod.metadata?.namespace ?? 'default';
+  const taps: Record<string, string> = {};
+  for (const i of ifaces) {
+    if (i.binding !== 'tap') continue;
+    const full = i.network.includes('/') ? i.network : `${ns}/${i.network}`;
+    const hit = status.find((s) => s.name === full || s.name === i.network);
+    if (!hit?.interface) throw new FailedPrecondition(`interface ${i.name}: network ${i.network} is not attached to the pod (no entry in ${NETWORK_STATUS})`);
+    taps[i.name] = hit.interface;
+  }
+  return taps;
+}
+
+/** Device-plugin variables from a container process's environment (`PCI_RESOURCE_*`, `MDEV_PCI_RESOURCE_*`). */
+export function deviceEnvOf(environ: string): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const kv of environ.split('\0')) {
+    const i = kv.indexOf('=');
+    if (i <= 0) continue;
+    const k = kv.slice(0, i);
+    if (k.startsWith('PCI_RESOURCE_') || k.startsWith('MDEV_PCI_RESOURCE_')) out[k] = kv.slice(i + 1);
+  }
+  return out;
+}
+
+export class VmCoreRuntime implements VmRuntime {
+  private readonly vms = new Map<string, { vm: VmController; uid: string }>();
+  private readonly exitCbs: Array<(e: VmExit) => void> = [];
+  private readonly procRoot: string;
+
+  constructor(private readonly o: VmCoreRuntimeOptions) {
+    this.procRoot = o.procRoot ?? '/proc';
+  }
+
+  private dirs(uid: string): { state: string; run: string } {
+    return { state: path.join(this.o.stateDir, 'vms', uid), run: path.join(this.o.runDir, 'vms', uid) };
+  }
+
+  private controllerOpts(t: VmTarget) {
+    const uid = t.pod.metadata!.uid!;
+    return { name: `${t.pod.metadata!.name}`, stateDir: this.dirs(uid).state, procRoot: this.procRoot, log: this.o.log };
+  }
+
+  async start(t: VmTarget): Promise<VmReport> {
+    const input = podVmInput(t.pod);
+    const uid = t.pod.metadata!.uid!;
+    const pid = t.sandbox.pid;
+    const inPod = (p: string) => path.join(this.procRoot, String(pid), 'root', p);
+    const cpuset = parseCpuList(await fs.readFile(t.sandbox.cgroup.cpusFile, 'utf8'));
+    const volumes: Record<string, VolumeSource> = {};
+    for (const [name, v] of Object.entries(input.volumes)) {
+      volumes[name] = v.kind === 'block' ? { kind: 'block', devicePath: inPod(v.devicePath) } : { kind: 'filesystem', mountPath: inPod(v.mountPath) };
+    }
+    const environ = await fs.readFile(path.join(this.procRoot, String(pid), 'environ'), 'utf8').catch(() => '');
+    const dirs = this.dirs(uid);
+    await fs.mkdir(dirs.state, { recursive: true, mode: 0o700 });
+    // QEMU (the pod's uid) must traverse to its own run dir, which the VM core creates and chowns.
+    await fs.mkdir(path.dirname(dirs.run), { recursive: true, mode: 0o755 });
+    await fs.chmod(path.dirname(dirs.run), 0o755);
+    const spec = { ...input.spec, ...(input.spec.kernel ? { kernel: inPod(input.spec.kernel) } : {}), ...(input.spec.initrd ? { initrd: inPod(input.spec.initrd) } : {}) };
+    const facts: PodFacts = {
+      vmName: t.pod.metadata!.name!,
+      vmId: uid,
+      cpuset,
+      numa: await readNumaFacts(this.o.sysRoot ?? '/sys'),
+      deviceEnv: deviceEnvOf(environ),
+      volumes,
+      taps: tapsFromNetworkStatus(t.pod, input.spec.interfaces),
+      vhostNet: (input.resources.extended['devices.kubevirt.io/vhost-net'] ?? 0) > 0,
+      kvmUsable: (await probeKvm({ dev: this.o.devRoot ?? '/dev', sys: this.o.sysRoot ?? '/sys' })).usable,
+      machineAliases: await qemuMachineAliases(),
+      runDir: dirs.run,
+      ...(t.topology !== undefined ? { topology: t.topology } : {}),
+    };
+    const plan = planVm(spec, facts);
+    const runAs = t.pod.spec?.securityContext?.runAsUser ?? this.o.defaultUid ?? 107;
+    const runGroup = t.pod.spec?.securityContext?.runAsGroup ?? runAs;
+    const vm = await VmController.start(this.controllerOpts(t), plan, { cgroupDirs: t.sandbox.cgroup.procs, netns: t.sandbox.netns, uid: runAs, gid: runGroup });
+    this.track(t.key, uid, vm);
+    return this.reportOf(vm, t);
+  }
+
+  async adopt(t: VmTarget): Promise<VmReport | undefined> {
+    const vm = await VmController.adopt(this.controllerOpts(t));
+    if (!vm) return undefined;
+    this.track(t.key, t.pod.metadata!.uid!, vm);
+    return this.reportOf(vm, t);
+  }
+
+  private track(key: string, uid: string, vm: VmController): void {
+    this.vms.set(key, { vm, uid });
+    vm.on('exit', (e: { phase: string; reason: string }) => {
+      if (this.vms.get(key)?.vm !== vm) return;
+      for (const cb of this.exitCbs) cb({ key, phase: e.phase === 'Stopped' ? 'Stopped' : 'Failed', reason: e.reason });
+    });
+  }
+
+  private async reportOf(vm: VmController, t: VmTarget | undefined): Promise<VmReport> {
+    const s = await vm.status();
+    return {
+      phase: s.phase,
+      qemuPid: s.qemuPid,
+      vcpuThreads: s.vcpuThreads.map((v) => ({ index: v.index, tid: v.tid, cpus: v.cpus })),
+      topology: s.topology,
+      qmpSocket: s.qmpSocket,
+      ...(s.serialSocket ? { consoleSocket: s.serialSocket } : {}),
+      ...(s.serialLog ? { serialLog: s.serialLog } : {}),
+      ...(t ? { netns: t.sandbox.netns, cgroup: t.sandbox.cgroup.display } : {}),
+    };
+  }
+
+  async stop(key: string, timeoutMs: number): Promise<void> {
+    const e = this.vms.get(key);
+    if (!e) return;
+    this.vms.delete(key);
+    try {
+      await e.vm.shutdown(timeoutMs);
+    } finally {
+      await fs.rm(this.dirs(e.uid).run, { recursive: true, force: true });
+      await fs.rm(this.dirs(e.uid).state, { recursive: true, force: true });
+    }
+  }
+
+  async report(key: string): Promise<VmReport | undefined> {
+    const e = this.vms.get(key);
+    if (!e) return undefined;
+    try {
+      return await this.reportOf(e.vm, undefined);
+    } catch (err) {
+      this.o.log.warn({ pod: key, err: errorMessage(err) }, 'status failed');
+      return undefined;
+    }
+  }
+
+  async query(key: string, command: string): Promise<unknown> {
+    const e = this.vms.get(key);
+    if (!e) throw new FailedPrecondition(`no VM for ${key}`);
+    return e.vm.qmp.execute(command);
+  }
+
+  /** The controller of a running VM (migration, hotplug). */
+  controller(key: string): VmController | undefined {
+    return this.vms.get(key)?.vm;
+  }
+
+  onExit(cb: (e: VmExit) => void): void {
+    this.exitCbs.push(cb);
+  }
+
+  async detachAll(): Promise<void> {
+    for (const { vm } of this.vms.values()) vm.release();
+    this.vms.clear();
+  }
+}
