@@ -204,6 +204,8 @@ export function planMigration(input: MigrationPlanInput): MigrationPlan {
     targetDisksDone.push({ execute: 'nbd-server-stop', tolerate: ['GenericError'] });
   }
   const targetFinish: QmpStep[] = [];
+  // The parameter outlives the object: a later migration out of this VM must not go looking for it.
+  if (c.tls) targetFinish.push({ execute: 'migrate-set-parameters', arguments: { 'tls-creds': '', 'tls-hostname': '' }, tolerate: ['GenericError'] });
   if (c.tls) targetFinish.push({ execute: 'object-del', arguments: { id: credsId }, tolerate: ['GenericError'] });
 
   const diskBytes = input.disks.reduce((s, d) => s + d.sizeBytes, 0);
@@ -237,6 +239,9 @@ export function sourceCleanupSteps(plan: MigrationPlan, tls: boolean): QmpStep[]
   for (const s of plan.sourceMirror) {
     if (s.execute === 'blockdev-add') steps.push({ execute: 'blockdev-del', arguments: { 'node-name': s.arguments!['node-name'] }, tolerate: ['GenericError'] });
   }
-  if (tls) steps.push({ execute: 'object-del', arguments: { id: `pvmig-tls-${safeId(plan.migrationId)}` }, tolerate: ['GenericError'] });
+  if (tls) {
+    steps.push({ execute: 'migrate-set-parameters', arguments: { 'tls-creds': '', 'tls-hostname': '' }, tolerate: ['GenericError'] });
+    steps.push({ execute: 'object-del', arguments: { id: `pvmig-tls-${safeId(plan.migrationId)}` }, tolerate: ['GenericError'] });
+  }
   return steps;
 }

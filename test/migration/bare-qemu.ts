@@ -23,6 +23,8 @@ export interface BareVmOptions {
   /** Raw disk image attached as virtio-blk with block node `disk0`. */
   disk?: string;
   append?: string;
+  /** A virtio-net NIC on a tap QEMU opens by name (made by the CNI plugin). */
+  nic?: { tap: string; mac: string };
 }
 
 export class BareVm {
@@ -33,7 +35,13 @@ export class BareVm {
     readonly serialLog: string,
     readonly serialSock: string,
     readonly exited: Promise<void>,
+    private readonly stderrText: () => string,
   ) {}
+
+  /** What QEMU printed on stderr (its reasons for failing). */
+  get stderr(): string {
+    return this.stderrText();
+  }
 
   static argv(o: BareVmOptions): string[] {
     const p = (f: string) => path.join(o.dir, `${o.name}.${f}`);
@@ -49,6 +57,7 @@ export class BareVm {
       ...(o.disk
         ? ['-blockdev', `driver=file,filename=${o.disk},node-name=disk0-file,cache.direct=off`, '-blockdev', 'driver=raw,file=disk0-file,node-name=disk0', '-device', 'virtio-blk-pci,drive=disk0,id=vd0']
         : []),
+      ...(o.nic ? ['-netdev', `tap,id=n0,ifname=${o.nic.tap},script=no,downscript=no`, '-device', `virtio-net-pci,netdev=n0,mac=${o.nic.mac},id=nic0`] : []),
       ...(o.incoming ? ['-incoming', 'defer'] : []),
     ];
   }
@@ -67,7 +76,7 @@ export class BareVm {
       proc.kill('SIGKILL');
       throw new Error(`QEMU ${o.name} did not come up: ${(e as Error).message}; stderr: ${stderr}`, { cause: e });
     }
-    return new BareVm(o.name, proc, qmp, path.join(o.dir, `${o.name}.serial.log`), path.join(o.dir, `${o.name}.serial.sock`), exited);
+    return new BareVm(o.name, proc, qmp, path.join(o.dir, `${o.name}.serial.log`), path.join(o.dir, `${o.name}.serial.sock`), exited, () => stderr);
   }
 
   async log(): Promise<string> {

@@ -12,6 +12,10 @@ import { SourceSide, type MigrationResult } from '../../agent/migration/source.j
 import { TargetSide } from '../../agent/migration/target.js';
 import { queryStatus } from '../../agent/qmp/index.js';
 import { exec } from '../../lib/exec.js';
+import { activateTap } from '../../cni/activate.js';
+import { defaultHostDeps } from '../../cni/host.js';
+import { stderrLogger } from '../../cni/logger.js';
+import { handleCniRequest } from '../../cni/skel.js';
 import { skipBecause } from '../helpers/skip.js';
 import { BareVm, guestAvailable } from './bare-qemu.js';
 
@@ -54,7 +58,11 @@ describe('migration driver: two bare QEMUs (TCG, test guest)', function () {
     targetFailed: Promise<string>;
   }
   /** Starts a migration src → dst with both halves in this process, talking over TCP on 127.0.0.1. */
-  const start = async (src: BareVm, dst: BareVm, o: { config: MigrationConfig; address?: string; disks?: MirroredDisk[]; signal?: AbortSignal; memMiB?: number }): Promise<Run> => {
+  const start = async (
+    src: BareVm,
+    dst: BareVm,
+    o: { config: MigrationConfig; address?: string; disks?: MirroredDisk[]; signal?: AbortSignal; memMiB?: number; onResume?: () => Promise<void> },
+  ): Promise<Run> => {
     const migrationId = `pvt-mig-${randomBytes(3).toString('hex')}`;
     const token = newMigrationToken();
     const target = new TargetSide({
@@ -66,6 +74,7 @@ describe('migration driver: two bare QEMUs (TCG, test guest)', function () {
       postCopySupported: true,
       tlsWorkDir: path.join(dir, 'target-tls-work'),
       tlsQemuDir: path.join(dir, 'target-tls'),
+      ...(o.onResume ? { onResume: o.onResume } : {}),
     });
     const targetFailed = new Promise<string>((r) => target.once('failed', r));
     const port = await target.listen('127.0.0.1', 0);
@@ -222,6 +231,93 @@ describe('migration driver: two bare QEMUs (TCG, test guest)', function () {
     // The NBD export is gone from the target.
     const exports = await dst.qmp.execute<unknown[]>('query-block-exports');
     assert.deepEqual(exports, []);
+  });
+
+  it('network hand-over: the target tap is silent until switch-over; afterwards the guest answers at the same IP and MAC through the target', async () => {
+    const r = randomBytes(2).toString('hex');
+    const sub = 100 + (randomBytes(1)[0]! % 100);
+    const br = `pvt-mig-b${r}`;
+    const ns = { src: `pvt-mig-s${r}`, dst: `pvt-mig-t${r}` };
+    const mac = `52:54:00:9a:${r.slice(0, 2)}:${r.slice(2, 4)}`;
+    const guestIp = `10.214.${sub}.2`;
+    const migBr = `pvt-mig-m${r}`;
+    const migIp = { src: `10.215.${sub}.2`, dst: `10.215.${sub}.3` };
+    // The VM's NIC (tap mode; the target's silent) and the migration network (veth mode), both through the CNI plugin.
+    const cni = async (command: 'ADD' | 'DEL', which: 'src' | 'dst', kind: 'tap' | 'migration') => {
+      const config =
+        kind === 'tap'
+          ? {
+              cniVersion: '1.1.0',
+              name: `pvt-mig-net${r}`,
+              type: 'podvirt',
+              mode: 'tap',
+              bridge: br,
+              ipam: { type: 'static', addresses: [{ address: `${guestIp}/24` }] },
+              runtimeConfig: { mac, migrationTarget: which === 'dst' },
+            }
+          : {
+              cniVersion: '1.1.0',
+              name: `pvt-mig-mig${r}`,
+              type: 'podvirt',
+              mode: 'migration',
+              bridge: migBr,
+              ipam: { type: 'static', addresses: [{ address: `${migIp[which]}/24` }] },
+            };
+      const res = await handleCniRequest(
+        {
+          env: { CNI_COMMAND: command, CNI_CONTAINERID: `pvt-mig-${which}-${r}`, CNI_NETNS: `/run/netns/${ns[which]}`, CNI_IFNAME: kind === 'tap' ? 'tap0' : 'mig0', CNI_PATH: '/usr/lib/cni:/opt/cni/bin' },
+          stdin: Buffer.from(JSON.stringify(config)),
+        },
+        { logger: stderrLogger('error'), deps: { ...defaultHostDeps, delegateVersions: new Map() }, baseEnv: { PATH: process.env.PATH } },
+      );
+      if (res.exitCode !== 0) throw new Error(`CNI ${command} ${which} ${kind}: ${res.stdout}`);
+    };
+    for (const which of ['src', 'dst'] as const) {
+      await exec('ip', ['netns', 'add', ns[which]]);
+      cleanups.push(() => exec('ip', ['netns', 'del', ns[which]]));
+      for (const kind of ['tap', 'migration'] as const) {
+        await cni('ADD', which, kind);
+        cleanups.push(() => cni('DEL', which, kind));
+      }
+    }
+    cleanups.push(() => exec('ip', ['link', 'del', br], { allowFailure: true }));
+    cleanups.push(() => exec('ip', ['link', 'del', migBr], { allowFailure: true }));
+    await exec('ip', ['link', 'set', migBr, 'up']);
+    await exec('ip', ['addr', 'add', `10.214.${sub}.1/24`, 'dev', br]);
+    await exec('ip', ['link', 'set', br, 'up']);
+    const vethUp = async (which: 'src' | 'dst') => {
+      const links = JSON.parse((await exec('ip', ['-n', ns[which], '-j', 'link', 'show', 'type', 'veth'])).stdout) as Array<{ ifname: string; flags: string[] }>;
+      const tapSide = links.filter((l) => l.ifname !== 'mig0');
+      return tapSide.length > 0 && tapSide.every((l) => l.flags.includes('UP'));
+    };
+    const fdbPort = async () => {
+      const fdb = JSON.parse((await exec('bridge', ['-j', 'fdb', 'show', 'br', br])).stdout) as Array<{ mac: string; ifname: string }>;
+      return fdb.find((e) => e.mac === mac)?.ifname;
+    };
+
+    const src = await launch({ dir, name: 'nsrc', netns: ns.src, nic: { tap: 'tap0', mac } });
+    await booted(src);
+    await src.type(`ip addr add ${guestIp}/24 dev eth0; ip link set eth0 up; echo NET-UP`);
+    await src.waitSerial(/NET-UP/);
+    await exec('ping', ['-c', '2', '-W', '3', guestIp]);
+    const portBefore = await fdbPort();
+    assert.ok(portBefore, 'bridge learned the guest MAC on the source side');
+
+    const dst = await launch({ dir, name: 'ndst', incoming: true, netns: ns.dst, nic: { tap: 'tap0', mac } });
+    assert.equal(await vethUp('dst'), false, 'target datapath closed while the source runs');
+    assert.equal(await vethUp('src'), true);
+    const r2 = await start(src, dst, { config: cfg(), address: migIp.dst, onResume: () => activateTap({ netns: `/run/netns/${ns.dst}`, ifname: 'tap0' }) });
+    const res = await r2.result;
+    assert.equal(res.outcome, 'completed', res.reason);
+    assert.equal(await vethUp('dst'), true, 'target datapath opened at switch-over');
+    await src.kill();
+    await exec('ping', ['-c', '2', '-W', '3', guestIp]);
+    const portAfter = await fdbPort();
+    assert.ok(portAfter && portAfter !== portBefore, `the MAC moved to the target's port (${portBefore} -> ${portAfter})`);
+    const mark = (await dst.log()).length;
+    await dst.type('cat /sys/class/net/eth0/address; ip -4 addr show dev eth0 | grep -o "inet [0-9.]*"');
+    await dst.waitSerial(new RegExp(mac), 10_000, mark);
+    await dst.waitSerial(new RegExp(`inet ${guestIp.replace(/\./g, '\\.')}`), 10_000, mark);
   });
 
   it('a guest dirtying memory faster than the link still completes (post-copy)', async () => {

@@ -1,0 +1,176 @@
+/**
+ * Live-migration benchmark, one run on this host (TCG, test guest, loopback TCP):
+ *   1. 1 GiB idle guest: podvirt's migration driver (both agents' halves, authenticated control
+ *      channel, planned capabilities/parameters, monitor, confirmation) against a bare QEMU
+ *      migration tuned by hand (events, max-bandwidth lifted, same downtime limit), interleaved
+ *      ping-pong so both see the same guest and load. Total = command issued → VM running on the
+ *      target. Also with TLS (per-migration x509 credentials).
+ *   2. downtime: QEMU's figure on the source, and source STOP → target RESUME from event timestamps.
+ *   3. a guest rewriting 48 MiB of memory: default config, and over a 6 MiB/s link it cannot keep up with.
+ *
+ * Not `podvirt migrate`: local mode's migration wiring is not in this build (docs/migration.md);
+ * the driver measured here is what it would run.
+ *
+ *   npx tsx bench/migration.ts [rounds=3]
+ */
+import { promises as fs } from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { randomBytes } from 'node:crypto';
+import { DEFAULT_MIGRATION_CONFIG, type MigrationConfig } from '../agent/migration/config.js';
+import { newMigrationToken } from '../agent/migration/control.js';
+import { SourceSide, type MigrationResult } from '../agent/migration/source.js';
+import { TargetSide } from '../agent/migration/target.js';
+import { eventMs, type MigrateInfo } from '../agent/migration/progress.js';
+import { UNCAPPED_BANDWIDTH } from '../agent/migration/plan.js';
+import { BareVm, guestAvailable } from '../test/migration/bare-qemu.js';
+
+const ROUNDS = Number(process.argv[2] ?? 3);
+const MiB = 2 ** 20;
+const median = (xs: number[]) => (xs.length ? [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]! : NaN);
+
+interface Sample {
+  totalMs: number;
+  qemuDowntimeMs: number;
+  observedDowntimeMs: number;
+  postCopy?: boolean;
+}
+
+let seq = 0;
+let dir = '';
+
+async function launch(name: string, memMiB: number, incoming: boolean, append = ''): Promise<BareVm> {
+  return BareVm.launch({ dir, name: `${name}${seq++}`, memMiB, incoming, append });
+}
+
+/** By hand: what an operator who knows QEMU's defaults would type. */
+async function bareMigration(src: BareVm, dst: BareVm, port: number): Promise<Sample> {
+  let stopAt = 0;
+  src.qmp.on('STOP', (ev) => (stopAt = eventMs(ev.timestamp)));
+  const resumed = dst.qmp.waitEvent('RESUME', { timeoutMs: 120_000 });
+  await dst.qmp.execute('migrate-set-capabilities', { capabilities: [{ capability: 'events', state: true }] });
+  await dst.qmp.execute('migrate-incoming', { uri: `tcp:127.0.0.1:${port}` });
+  const t0 = performance.now();
+  await src.qmp.execute('migrate-set-capabilities', { capabilities: [{ capability: 'events', state: true }] });
+  await src.qmp.execute('migrate-set-parameters', { 'max-bandwidth': UNCAPPED_BANDWIDTH, 'downtime-limit': DEFAULT_MIGRATION_CONFIG.downtimeLimitMs });
+  await src.qmp.execute('migrate', { uri: `tcp:127.0.0.1:${port}` });
+  const resumeAt = eventMs((await resumed.promise).timestamp);
+  const totalMs = performance.now() - t0;
+  let info: MigrateInfo = {};
+  for (let i = 0; i < 50; i++) {
+    info = await src.qmp.execute<MigrateInfo>('query-migrate');
+    if (info.status === 'completed' && (info['total-time'] ?? 0) > 0) break;
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  return { totalMs, qemuDowntimeMs: info.downtime ?? NaN, observedDowntimeMs: resumeAt - stopAt };
+}
+
+async function driverMigration(src: BareVm, dst: BareVm, config: MigrationConfig, memMiB: number): Promise<Sample & { result: MigrationResult }> {
+  const migrationId = `pvt-mig-bench-${randomBytes(3).toString('hex')}`;
+  const token = newMigrationToken();
+  const target = new TargetSide({
+    migrationId,
+    token,
+    qmp: dst.qmp,
+    migrationAddress: '127.0.0.1',
+    localDiskNodes: [],
+    postCopySupported: true,
+    tlsWorkDir: path.join(dir, `${migrationId}-ca`),
+    tlsQemuDir: path.join(dir, `${migrationId}-t`),
+  });
+  const port = await target.listen('127.0.0.1', 0);
+  try {
+    const t0 = performance.now();
+    const result = await new SourceSide({
+      migrationId,
+      token,
+      control: { host: '127.0.0.1', port },
+      qmp: src.qmp,
+      config,
+      memoryBytes: memMiB * MiB,
+      disks: [],
+      postCopySupported: true,
+      tlsHostname: 'vm.migration.podvirt.io',
+      tlsQemuDir: path.join(dir, `${migrationId}-s`),
+    }).run();
+    const totalMs = performance.now() - t0;
+    if (result.outcome !== 'completed') throw new Error(`driver migration ${result.outcome}: ${result.reason}`);
+    return { totalMs, qemuDowntimeMs: result.downtimeMs ?? NaN, observedDowntimeMs: result.observedDowntimeMs ?? NaN, postCopy: result.postCopy, result };
+  } finally {
+    await target.close();
+  }
+}
+
+async function main(): Promise<void> {
+  if (!guestAvailable()) throw new Error('test guest not built: bash hack/setup.d/20-test-guest.sh');
+  dir = await fs.mkdtemp(path.join(os.tmpdir(), 'pvt-mig-bench-'));
+  const live: BareVm[] = [];
+  const cfg: MigrationConfig = { ...DEFAULT_MIGRATION_CONFIG, tls: false };
+  const rows: Array<[string, string, string]> = [];
+  try {
+    // 1 + 2: ping-pong one 1 GiB guest through fresh targets: bare, driver, driver+TLS, bare, ...
+    let vm = await launch('idle', 1024, false);
+    live.push(vm);
+    await vm.waitSerial(/tick 2 /, 120_000);
+    const bare: Sample[] = [];
+    const drv: Sample[] = [];
+    const drvTls: Sample[] = [];
+    let port = 49300 + Math.floor(Math.random() * 500);
+    const hop = async (kind: 'bare' | 'driver' | 'tls') => {
+      const dst = await launch('idle', 1024, true);
+      live.push(dst);
+      const s = await (kind === 'bare' ? bareMigration(vm, dst, port++) : driverMigration(vm, dst, kind === 'tls' ? { ...cfg, tls: true, port: port++ } : { ...cfg, port: port++ }, 1024)).catch((e: unknown) => {
+        throw new Error(`${kind} hop ${vm.name} -> ${dst.name}: ${(e as Error).message}; source stderr: ${vm.stderr.slice(-500)}; target stderr: ${dst.stderr.slice(-500)}`);
+      });
+      (kind === 'bare' ? bare : kind === 'driver' ? drv : drvTls).push(s);
+      await vm.kill();
+      live.splice(live.indexOf(vm), 1);
+      vm = dst;
+      await vm.waitSerial(/tick \d+ /, 30_000, 0);
+    };
+    for (let r = 0; r < ROUNDS; r++) for (const k of r % 2 ? (['driver', 'tls', 'bare'] as const) : (['bare', 'driver', 'tls'] as const)) await hop(k);
+    const lastTick = await vm.lastTick();
+    const ratio = median(drv.map((s) => s.totalMs)) / median(bare.map((s) => s.totalMs));
+    rows.push(['1 GiB idle: bare QEMU tuned by hand, total (median)', `${median(bare.map((s) => s.totalMs)).toFixed(0)} ms`, '']);
+    rows.push(['1 GiB idle: podvirt driver, total (median)', `${median(drv.map((s) => s.totalMs)).toFixed(0)} ms`, '']);
+    rows.push(['  ratio driver / bare', ratio.toFixed(2), ratio <= 1.1 ? 'goal ≤ 1.1: met' : 'goal ≤ 1.1: MISSED']);
+    rows.push(['1 GiB idle: podvirt driver with TLS, total (median)', `${median(drvTls.map((s) => s.totalMs)).toFixed(0)} ms`, `${(median(drvTls.map((s) => s.totalMs)) / median(bare.map((s) => s.totalMs))).toFixed(2)} × bare`]);
+    const dq = median(drv.map((s) => s.qemuDowntimeMs));
+    const dobs = median(drv.map((s) => s.observedDowntimeMs));
+    rows.push(['downtime, driver: QEMU (source stop → last byte)', `${dq} ms`, dq <= 50 ? 'goal ≤ 50 ms: met' : 'goal ≤ 50 ms: MISSED']);
+    rows.push(['downtime, driver: source STOP → target resumed', `${dobs.toFixed(0)} ms`, 'guest-visible pause (incl. confirmation)']);
+    rows.push(['downtime, bare: QEMU / STOP → RESUME', `${median(bare.map((s) => s.qemuDowntimeMs))} / ${median(bare.map((s) => s.observedDowntimeMs)).toFixed(0)} ms`, '']);
+    rows.push(['downtime, driver+TLS: QEMU', `${median(drvTls.map((s) => s.qemuDowntimeMs))} ms`, '']);
+    rows.push(['guest after all hops', lastTick ? `tick ${lastTick.n}, uptime ${lastTick.uptime} s` : '?', `${ROUNDS * 3} migrations, no reboot`]);
+    await vm.kill();
+    live.splice(live.indexOf(vm), 1);
+
+    // 3: a guest rewriting 48 MiB
+    for (const [label, c, mem] of [
+      ['dirtying guest (48 MiB rewritten), 1 GiB, default config', cfg, 1024],
+      ['dirtying guest (48 MiB rewritten), 128 MiB, 6 MiB/s link', { ...cfg, maxBandwidth: 6 * MiB }, 128],
+    ] as const) {
+      const src = await launch('dirty', mem, false, 'podvirt.dirty=48');
+      live.push(src);
+      await src.waitSerial(/PODVIRT-DIRTY/, 120_000);
+      await src.waitSerial(/tick 3 /, 30_000);
+      const dst = await launch('dirty', mem, true, 'podvirt.dirty=48');
+      live.push(dst);
+      const s = await driverMigration(src, dst, { ...c, port: port++ }, mem);
+      rows.push([label, `completed in ${s.totalMs.toFixed(0)} ms`, s.postCopy ? 'via post-copy' : `pre-copy, QEMU downtime ${s.qemuDowntimeMs} ms`]);
+    }
+  } finally {
+    for (const v of live) await v.kill();
+    await fs.rm(dir, { recursive: true, force: true });
+  }
+  const w0 = Math.max(...rows.map((r) => r[0].length));
+  const w1 = Math.max(...rows.map((r) => r[1].length));
+  process.stdout.write(`\nmigration benchmark (QEMU TCG, loopback TCP, ${ROUNDS} rounds, ${os.cpus().length} host CPUs)\n\n`);
+  process.stdout.write(`${'measure'.padEnd(w0)}  ${'value'.padEnd(w1)}  note\n${'-'.repeat(w0 + w1 + 30)}\n`);
+  for (const r of rows) process.stdout.write(`${r[0].padEnd(w0)}  ${r[1].padEnd(w1)}  ${r[2]}\n`);
+}
+
+process.on('unhandledRejection', (e) => {
+  process.stderr.write(`unhandled rejection: ${(e as Error)?.stack ?? String(e)}\n`);
+});
+await main();
