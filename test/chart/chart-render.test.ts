@@ -7,6 +7,7 @@ import { render, type Manifest, type RenderOptions, type Rendered } from './rend
 
 const SNAPSHOT_API = 'snapshot.storage.k8s.io/v1/VolumeSnapshotClass';
 const NAD_API = 'k8s.cni.cncf.io/v1/NetworkAttachmentDefinition';
+const MONITOR_API = 'monitoring.coreos.com/v1/ServiceMonitor';
 const CLUSTER_SCOPED = new Set(['ClusterRole', 'ClusterRoleBinding', 'CSIDriver', 'StorageClass', 'VolumeSnapshotClass']);
 const REQUIRED_LABELS = [
   'app.kubernetes.io/name',
@@ -57,12 +58,12 @@ const CASES: { name: string; opts: RenderOptions; kinds: string[] }[] = [
   {
     name: 'defaults on a bare cluster (no snapshot API, no Multus)',
     opts: {},
-    kinds: ['ClusterRole', 'ClusterRoleBinding', 'ConfigMap', 'CSIDriver', 'DaemonSet', 'Role', 'RoleBinding', 'ServiceAccount', 'StorageClass'],
+    kinds: ['ClusterRole', 'ClusterRoleBinding', 'ConfigMap', 'CSIDriver', 'DaemonSet', 'Role', 'RoleBinding', 'Service', 'ServiceAccount', 'StorageClass'],
   },
   {
     name: 'defaults with the snapshot API and Multus',
     opts: { apiVersions: [SNAPSHOT_API, NAD_API] },
-    kinds: ['ClusterRole', 'ClusterRoleBinding', 'ConfigMap', 'CSIDriver', 'DaemonSet', 'NetworkAttachmentDefinition', 'NetworkAttachmentDefinition', 'Role', 'RoleBinding', 'ServiceAccount', 'StorageClass', 'VolumeSnapshotClass'],
+    kinds: ['ClusterRole', 'ClusterRoleBinding', 'ConfigMap', 'CSIDriver', 'DaemonSet', 'NetworkAttachmentDefinition', 'NetworkAttachmentDefinition', 'Role', 'RoleBinding', 'Service', 'ServiceAccount', 'StorageClass', 'VolumeSnapshotClass'],
   },
   {
     name: 'everything optional switched off, existing service account',
@@ -76,6 +77,7 @@ const CASES: { name: string; opts: RenderOptions; kinds: string[] }[] = [
         networks: { vm: { create: false }, migration: { create: false } },
         cni: { install: false },
         csi: { snapshotter: { enabled: false }, resizer: { enabled: false } },
+        metrics: { service: { enabled: false }, serviceMonitor: { enabled: true } },
       },
     },
     kinds: ['ConfigMap', 'CSIDriver', 'DaemonSet'],
@@ -85,8 +87,9 @@ const CASES: { name: string; opts: RenderOptions; kinds: string[] }[] = [
     opts: {
       releaseName: 'podvirt-prod',
       namespace: 'virt',
-      apiVersions: [SNAPSHOT_API, NAD_API],
+      apiVersions: [SNAPSHOT_API, NAD_API, MONITOR_API],
       values: {
+        metrics: { serviceMonitor: { enabled: true, interval: '15s', labels: { release: 'kube-prometheus' } } },
         kubeletDir: '/var/lib/k0s/kubelet',
         image: { repository: 'registry.local:5000/podvirt', digest: `sha256:${'b'.repeat(64)}`, pullPolicy: 'Always' },
         imagePullSecrets: [{ name: 'regcred' }],
@@ -110,12 +113,12 @@ const CASES: { name: string; opts: RenderOptions; kinds: string[] }[] = [
         networks: { namespace: 'vms', vm: { name: 'vm-net', bridge: 'br-vm', mtu: 9000, multiQueue: false, ipam: { type: 'whereabouts', range: '10.70.0.0/16' } } },
       },
     },
-    kinds: ['ClusterRole', 'ClusterRoleBinding', 'ConfigMap', 'CSIDriver', 'DaemonSet', 'NetworkAttachmentDefinition', 'NetworkAttachmentDefinition', 'Role', 'RoleBinding', 'ServiceAccount', 'StorageClass', 'VolumeSnapshotClass'],
+    kinds: ['ClusterRole', 'ClusterRoleBinding', 'ConfigMap', 'CSIDriver', 'DaemonSet', 'NetworkAttachmentDefinition', 'NetworkAttachmentDefinition', 'Role', 'RoleBinding', 'Service', 'ServiceAccount', 'ServiceMonitor', 'StorageClass', 'VolumeSnapshotClass'],
   },
   {
     name: 'fullnameOverride and nameOverride',
     opts: { releaseName: 'x', values: { fullnameOverride: 'pv', nameOverride: 'vmm' } },
-    kinds: ['ClusterRole', 'ClusterRoleBinding', 'ConfigMap', 'CSIDriver', 'DaemonSet', 'Role', 'RoleBinding', 'ServiceAccount', 'StorageClass'],
+    kinds: ['ClusterRole', 'ClusterRoleBinding', 'ConfigMap', 'CSIDriver', 'DaemonSet', 'Role', 'RoleBinding', 'Service', 'ServiceAccount', 'StorageClass'],
   },
 ];
 
@@ -154,6 +157,15 @@ describe('chart: rendered manifests', () => {
         const spec = ds.spec as { selector: { matchLabels: Record<string, string> }; template: { metadata: { labels: Record<string, string> } } };
         for (const l of REQUIRED_LABELS) assert.ok(spec.template.metadata.labels[l], `pod template lacks ${l}`);
         for (const [k, v] of Object.entries(spec.selector.matchLabels)) assert.equal(spec.template.metadata.labels[k], v, 'selector must match the template');
+        for (const svc of r.all.filter((m) => m.kind === 'Service')) {
+          const sel = (svc.spec as { selector: Record<string, string> }).selector;
+          assert.deepEqual(sel, spec.selector.matchLabels, 'the metrics Service selects exactly the agent pods');
+        }
+        for (const sm of r.all.filter((m) => m.kind === 'ServiceMonitor')) {
+          const svc = one(r, 'Service');
+          assert.deepEqual((sm.spec as { selector: { matchLabels: Record<string, string> } }).selector.matchLabels, spec.selector.matchLabels);
+          for (const [k, v] of Object.entries((sm.spec as { selector: { matchLabels: Record<string, string> } }).selector.matchLabels)) assert.equal(svc.metadata.labels?.[k], v, 'the ServiceMonitor selects the Service');
+        }
         assert.ok(!('app.kubernetes.io/version' in spec.selector.matchLabels), 'the selector must survive upgrades (no version in it)');
       });
 
@@ -419,6 +431,19 @@ describe('chart: rendered manifests', () => {
       ]);
       const role = one(render({}), 'Role');
       assert.deepEqual(role.rules, [{ apiGroups: ['storage.k8s.io'], resources: ['csistoragecapacities'], verbs: ['get', 'list', 'watch', 'create', 'update', 'patch', 'delete'] }]);
+    });
+
+    it('the metrics Service points at the agent metrics port; the ServiceMonitor needs its API', () => {
+      const r = render({ values: { agent: { metricsPort: 9999 } } });
+      const svc = one(r, 'Service');
+      assert.equal((svc.spec as { clusterIP: string }).clusterIP, 'None');
+      assert.deepEqual((svc.spec as { ports: unknown[] }).ports, [{ name: 'metrics', port: 9999, targetPort: 'metrics', protocol: 'TCP' }]);
+      assert.equal(flag(container(r, 'agent'), 'metrics-addr'), ':9999');
+      const wanted = render({ values: { metrics: { serviceMonitor: { enabled: true } } } });
+      assert.equal(wanted.all.filter((m) => m.kind === 'ServiceMonitor').length, 0);
+      assert.match(wanted.notes, /no ServiceMonitor was created/);
+      const sm = one(render({ apiVersions: [MONITOR_API], values: { metrics: { serviceMonitor: { enabled: true } } } }), 'ServiceMonitor');
+      assert.deepEqual((sm.spec as { endpoints: { port: string; path: string }[] }).endpoints.map((e) => [e.port, e.path]), [['metrics', '/metrics']]);
     });
 
     it('NOTES.txt says what is missing on a bare cluster and what was created otherwise', () => {

@@ -33,8 +33,9 @@ const CASES: { name: string; opts: RenderOptions }[] = [
     opts: {
       releaseName: 'podvirt-prod',
       namespace: 'virt',
-      apiVersions: ['k8s.cni.cncf.io/v1/NetworkAttachmentDefinition'],
+      apiVersions: ['k8s.cni.cncf.io/v1/NetworkAttachmentDefinition', 'monitoring.coreos.com/v1/ServiceMonitor'],
       values: {
+        metrics: { serviceMonitor: { enabled: true, labels: { release: 'prom' } } },
         kubeletDir: '/var/lib/k0s/kubelet',
         image: { digest: `sha256:${'c'.repeat(64)}` },
         devicePlugin: { maxDevices: 110, pciHostDevices: [{ pciVendorSelector: '10DE:1EB8', resourceName: 'nvidia.com/TU104GL' }] },
@@ -55,6 +56,7 @@ const CASES: { name: string; opts: RenderOptions }[] = [
         storageClass: { create: false },
         networks: { vm: { create: false }, migration: { create: false } },
         csi: { snapshotter: { enabled: false } },
+        metrics: { service: { enabled: false } },
         fullnameOverride: 'pv',
       },
     },

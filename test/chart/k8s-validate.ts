@@ -6,7 +6,7 @@
  * written here from their documented fields.
  */
 import { Ajv, type ValidateFunction } from 'ajv';
-import { ConfigMap, PersistentVolumeClaim, Pod, ServiceAccount, Namespace } from 'kubernetes-models/v1';
+import { ConfigMap, PersistentVolumeClaim, Pod, Service, ServiceAccount, Namespace } from 'kubernetes-models/v1';
 import { DaemonSet } from 'kubernetes-models/apps/v1';
 import { ClusterRole, ClusterRoleBinding, Role, RoleBinding } from 'kubernetes-models/rbac.authorization.k8s.io/v1';
 import { CSIDriver, StorageClass } from 'kubernetes-models/storage.k8s.io/v1';
@@ -21,6 +21,7 @@ const MODELS: ModelClass[] = [
   ConfigMap,
   PersistentVolumeClaim,
   Pod,
+  Service,
   ServiceAccount,
   Namespace,
   DaemonSet,
@@ -80,6 +81,56 @@ const VSC_SCHEMA = {
   },
 };
 
+/** prometheus-operator monitoring.coreos.com/v1 ServiceMonitor: the fields the chart uses. */
+const SERVICE_MONITOR_SCHEMA = {
+  type: 'object',
+  additionalProperties: false,
+  required: ['apiVersion', 'kind', 'metadata', 'spec'],
+  properties: {
+    apiVersion: { const: 'monitoring.coreos.com/v1' },
+    kind: { const: 'ServiceMonitor' },
+    metadata: objectMeta(true),
+    spec: {
+      type: 'object',
+      additionalProperties: false,
+      required: ['selector', 'endpoints'],
+      properties: {
+        selector: {
+          type: 'object',
+          additionalProperties: false,
+          properties: { matchLabels: { type: 'object', additionalProperties: { type: 'string' } } },
+        },
+        namespaceSelector: {
+          type: 'object',
+          additionalProperties: false,
+          properties: { any: { type: 'boolean' }, matchNames: { type: 'array', items: { type: 'string', pattern: DNS_LABEL } } },
+        },
+        endpoints: {
+          type: 'array',
+          minItems: 1,
+          items: {
+            type: 'object',
+            additionalProperties: false,
+            properties: {
+              port: { type: 'string', minLength: 1 },
+              path: { type: 'string', pattern: '^/' },
+              interval: { type: 'string', pattern: '^(0|(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?)$' },
+              relabelings: {
+                type: 'array',
+                items: {
+                  type: 'object',
+                  additionalProperties: false,
+                  properties: { sourceLabels: { type: 'array', items: { type: 'string' } }, targetLabel: { type: 'string' }, action: { type: 'string' } },
+                },
+              },
+            },
+          },
+        },
+      },
+    },
+  },
+};
+
 /** The podvirt CNI network config (cli.md 4), as a NAD's spec.config carries it. */
 export const PODVIRT_CNI_SCHEMA = {
   type: 'object',
@@ -104,6 +155,7 @@ const ajv = new Ajv({ allErrors: true, strict: true });
 const CRDS = new Map<string, ValidateFunction>([
   ['k8s.cni.cncf.io/v1/NetworkAttachmentDefinition', ajv.compile(NAD_SCHEMA)],
   ['snapshot.storage.k8s.io/v1/VolumeSnapshotClass', ajv.compile(VSC_SCHEMA)],
+  ['monitoring.coreos.com/v1/ServiceMonitor', ajv.compile(SERVICE_MONITOR_SCHEMA)],
 ]);
 const cniConfig = ajv.compile(PODVIRT_CNI_SCHEMA);
 
