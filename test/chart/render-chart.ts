@@ -59,6 +59,7 @@ export function formatSchemaErrors(errors: ErrorObject[] | null | undefined): st
     let msg = `${at}: ${e.message ?? 'is invalid'}`;
     if (e.keyword === 'enum') msg += ` (${(e.params as { allowedValues: unknown[] }).allowedValues.map((v) => JSON.stringify(v)).join(', ')})`;
     if (e.keyword === 'additionalProperties') msg += `: ${JSON.stringify((e.params as { additionalProperty: string }).additionalProperty)}`;
+    if (e.keyword === 'propertyNames') msg += `: ${JSON.stringify((e.params as { propertyName: string }).propertyName)}`;
     if (!out.includes(msg)) out.push(msg);
   }
   return out;

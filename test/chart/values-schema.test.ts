@@ -73,6 +73,8 @@ describe('chart: values.schema.json', () => {
     { name: 'fsGroupPolicy typo', values: { csi: { fsGroupPolicy: 'file' } }, message: 'csi.fsGroupPolicy: must be equal to one of the allowed values ("None", "File", "ReadWriteOnceWithFSType")' },
     { name: 'timeout without a unit', values: { csi: { timeout: '60' } }, message: 'csi.timeout: must match pattern' },
     { name: 'isDefault as a string', values: { storageClass: { isDefault: 'yes' } }, message: 'storageClass.isDefault: must be boolean' },
+    { name: 'pod label that would clash with the selector', values: { agent: { podLabels: { 'app.kubernetes.io/name': 'x' } } }, message: 'agent.podLabels: property name must be valid: "app.kubernetes.io/name"' },
+    { name: 'pod label key with spaces', values: { agent: { podLabels: { 'my label': 'x' } } }, message: 'agent.podLabels: property name must be valid: "my label"' },
     { name: 'snapshotter.enabled removed', values: { csi: { snapshotter: { enabled: null } } }, message: "csi.snapshotter: must have required property 'enabled'" },
   ];
   for (const tc of bad) {
