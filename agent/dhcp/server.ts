@@ -70,6 +70,10 @@ export class DhcpServer {
     this.leases.set(lease.mac.toLowerCase(), { ...lease, mac: lease.mac.toLowerCase() });
   }
 
+  removeMac(mac: string): void {
+    this.leases.delete(mac.toLowerCase());
+  }
+
   removeOwner(owner: string): void {
     for (const [mac, l] of this.leases) if (l.owner === owner) this.leases.delete(mac);
   }

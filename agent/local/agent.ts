@@ -296,6 +296,96 @@ export class LocalAgent {
     }
   }
 
+  /**
+   * Hotplugs a disk backed by a new claim: CSI provision + stage + publish (the published node reaches
+   * QEMU's mount namespace through the shared run dir), devices cgroup, then device_add through the VM
+   * controller. The claim is recorded with the pod (kept across stop like any PVC unless ephemeral).
+   */
+  async hotplugDisk(name: string, d: { disk: string; sizeBytes: number; ephemeral?: boolean }): Promise<unknown> {
+    return this.exclusive(name, async () => {
+      const rt = await this.running(name);
+      const rec = (await this.store.loadPod(name))!;
+      const claim = await this.o.volumes.provision(
+        { name: `${name}-${d.disk}`, sizeBytes: d.sizeBytes, volumeMode: 'Block', ephemeral: d.ephemeral ?? true, parameters: {} },
+        rec.claims[`${name}-${d.disk}`],
+      );
+      rec.claims[claim.name] = claim;
+      await this.store.savePod(rec);
+      const att = await this.o.volumes.attach(name, `hp-${d.disk}`, claim, this.o.vms.uid, this.o.vms.gid);
+      try {
+        await this.o.sandboxes.allowDevices(name, [att.publishPath]);
+        const dev = await this.o.vms.hotplugDisk(name, { name: d.disk, file: att.publishPath, block: true });
+        rt.volumes.push(att);
+        await this.store.saveRuntime(rt);
+        return dev;
+      } catch (e) {
+        await this.o.volumes.detach(att).catch(() => undefined);
+        throw e;
+      }
+    });
+  }
+
+  /** Unplugs a hotplugged disk (waits for the guest's DEVICE_DELETED), then unpublishes its volume. */
+  async unplugDisk(name: string, disk: string, timeoutMs?: number): Promise<void> {
+    return this.exclusive(name, async () => {
+      const rt = await this.running(name);
+      await this.o.vms.unplugDisk(name, disk, timeoutMs);
+      const i = rt.volumes.findIndex((v) => v.volume === `hp-${disk}`);
+      if (i >= 0) {
+        await this.o.volumes.detach(rt.volumes[i]!);
+        rt.volumes.splice(i, 1);
+        await this.store.saveRuntime(rt);
+      }
+    });
+  }
+
+  /** Hotplugs a NIC on a new attachment: CNI ADD into the pod netns, netdev_add + device_add, DHCP lease. */
+  async hotplugNic(name: string, n: { iface: string; network: string }): Promise<unknown> {
+    return this.exclusive(name, async () => {
+      const rt = await this.running(name);
+      const pod = parseLocalManifest(rt.manifest);
+      const config = await resolveNetworkConfig(n.network, pod.nads, this.o.networksDir, path.join(this.o.paths.stateDir, 'ipam'));
+      const ifname = `hp${rt.attachments.length + 1}`;
+      const containerId = rt.attachments[0]?.containerId ?? `podvirt-${name}-${randomBytes(4).toString('hex')}`;
+      const sel: NetworkSelection = { name: n.network, namespace: undefined, interface: ifname, mac: undefined, ips: undefined };
+      const added = await this.o.networks.add({ pod, containerId, netns: rt.netns, selection: sel, ifname, config, mac: undefined, uid: this.o.vms.uid, gid: this.o.vms.gid });
+      const att: AttachmentRecord = { ...added, vmNetwork: `hotplug:${n.iface}` };
+      try {
+        await this.ensureGateway(att);
+        const dev = (await this.o.vms.hotplugNic(name, { name: n.iface, tap: ifname })) as { mac?: string };
+        if (dev.mac) att.guestMac = dev.mac;
+        rt.attachments.push(att);
+        await this.store.saveRuntime(rt);
+        this.addLeases(name, [att]);
+        return dev;
+      } catch (e) {
+        await this.o.networks.del(att, rt.netns).catch(() => undefined);
+        throw e;
+      }
+    });
+  }
+
+  async unplugNic(name: string, iface: string, timeoutMs?: number): Promise<void> {
+    return this.exclusive(name, async () => {
+      const rt = await this.running(name);
+      await this.o.vms.unplugNic(name, iface, timeoutMs);
+      const i = rt.attachments.findIndex((a) => a.vmNetwork === `hotplug:${iface}`);
+      if (i >= 0) {
+        const a = rt.attachments[i]!;
+        this.o.dhcp.removeMac(a.guestMac ?? a.mac);
+        await this.o.networks.del(a, rt.netns);
+        rt.attachments.splice(i, 1);
+        await this.store.saveRuntime(rt);
+      }
+    });
+  }
+
+  private async running(name: string): Promise<RuntimeRecord> {
+    const rt = await this.store.loadRuntime(name);
+    if (!rt) throw new NotFound(`pod ${name} is not running`);
+    return rt;
+  }
+
   private async stopLocked(name: string, opts: { deleteVolumes?: boolean; timeoutMs?: number }): Promise<{ stopped: boolean; deletedVolumes: string[] }> {
     const rt = await this.store.loadRuntime(name);
     const rec = await this.store.loadPod(name);

@@ -83,6 +83,10 @@ export interface VmBackend {
   stop(name: string, timeoutMs: number): Promise<void>;
   /** Lets go of a VM without touching it (agent shutdown). */
   release(name: string): Promise<void>;
-  /** Hotplug through the controller (tests, future `podvirt` commands). */
+  hotplugDisk(name: string, d: { name: string; file: string; block: boolean }): Promise<unknown>;
+  unplugDisk(name: string, disk: string, timeoutMs?: number): Promise<void>;
+  hotplugNic(name: string, n: { name: string; tap: string }): Promise<unknown>;
+  unplugNic(name: string, iface: string, timeoutMs?: number): Promise<void>;
+  /** The VM controller itself (agent core's VmController), for callers inside agent/. */
   controller(name: string): unknown;
 }

@@ -8,6 +8,7 @@ import { SandboxManager } from '../sandbox/sandbox.js';
 import { LocalAgent } from './agent.js';
 import type { NetworkBackend, VmBackend, VolumeBackend } from './backends.js';
 import { serveControl } from './control.js';
+import { parseBytes } from './quantity.js';
 import { LocalDevices } from './devices.js';
 import { ensureSharedMount, releaseSharedMount } from './local-launcher.js';
 import { PodStore } from './pod-store.js';
@@ -131,6 +132,35 @@ export async function startLocalDaemon(o: DaemonOptions): Promise<LocalDaemon> {
           const b = (body ?? {}) as { deleteVolumes?: boolean; timeoutMs?: number };
           return agent.stop(name!, { deleteVolumes: b.deleteVolumes === true, ...(b.timeoutMs !== undefined ? { timeoutMs: b.timeoutMs } : {}) });
         },
+      },
+      {
+        method: 'POST',
+        path: '/pods/:name/disks',
+        handler: async (body, [name]) => {
+          const b = (body ?? {}) as { disk?: unknown; size?: unknown; ephemeral?: unknown };
+          if (typeof b.disk !== 'string') throw new InvalidArgument('body.disk (the disk name) is required');
+          const sizeBytes = parseBytes(b.size ?? '', 'body.size');
+          return agent.hotplugDisk(name!, { disk: b.disk, sizeBytes, ephemeral: b.ephemeral !== false });
+        },
+      },
+      {
+        method: 'POST',
+        path: '/pods/:name/disks/:disk/unplug',
+        handler: async (body, [name, disk]) => agent.unplugDisk(name!, disk!, (body as { timeoutMs?: number } | undefined)?.timeoutMs),
+      },
+      {
+        method: 'POST',
+        path: '/pods/:name/interfaces',
+        handler: async (body, [name]) => {
+          const b = (body ?? {}) as { iface?: unknown; network?: unknown };
+          if (typeof b.iface !== 'string' || typeof b.network !== 'string') throw new InvalidArgument('body.iface and body.network are required');
+          return agent.hotplugNic(name!, { iface: b.iface, network: b.network });
+        },
+      },
+      {
+        method: 'POST',
+        path: '/pods/:name/interfaces/:iface/unplug',
+        handler: async (body, [name, iface]) => agent.unplugNic(name!, iface!, (body as { timeoutMs?: number } | undefined)?.timeoutMs),
       },
       {
         method: 'POST',

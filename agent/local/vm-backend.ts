@@ -128,6 +128,18 @@ export async function createVmBackend(o: { paths: LocalPaths; log: Logger; sysRo
       vms.get(name)?.release();
       vms.delete(name);
     },
+    async hotplugDisk(name, d) {
+      return get(name).hotplugDisk(d);
+    },
+    async unplugDisk(name, disk, timeoutMs) {
+      await get(name).unplugDisk(disk, timeoutMs);
+    },
+    async hotplugNic(name, n) {
+      return get(name).hotplugNic(n);
+    },
+    async unplugNic(name, iface, timeoutMs) {
+      await get(name).unplugNic(iface, timeoutMs);
+    },
     controller(name: string) {
       return get(name);
     },

@@ -207,6 +207,11 @@ export class LocalEnv {
     throw new Error(`agent ${pid} did not stop`);
   }
 
+  /** Mounts of hotplugged volumes (`hp-*`) still published. */
+  async leftoverHotplugMounts(): Promise<number> {
+    return (await fs.readFile('/proc/self/mountinfo', 'utf8')).split('\n').filter((l) => l.includes(this.dir) && l.includes('/volumes/hp-')).length;
+  }
+
   /** netns, loop devices, mounts and processes that still refer to this env. */
   async leftovers(): Promise<string[]> {
     const out: string[] = [];

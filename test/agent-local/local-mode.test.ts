@@ -4,6 +4,8 @@ import { execText, exec } from '../../lib/exec.js';
 import { skipBecause } from '../helpers/skip.js';
 import { LocalEnv, GUEST_KERNEL, allowedCpus, type Status } from './harness.js';
 import { existsSync } from 'node:fs';
+import * as path from 'node:path';
+import { callControl } from '../../agent/local/control.js';
 
 /** The guest's `pcilist` lines (ticks and other console output interleave with them). */
 const pciLines = (text: string): string =>
@@ -69,6 +71,38 @@ describe('agent-local: a VM pod through local mode (TCG)', function () {
     const from = await env.logSize(st.serialLog);
     await env.serialSend(st.serialSocket, `ping -c 1 -W 3 ${itf.gateway} && echo PING-OK`);
     await env.waitSerial(st.serialLog, /^PING-OK/m, 30_000, from);
+  });
+
+  it('hotplugs and unplugs a disk (CSI volume) and a NIC (CNI tap, DHCP lease) in the running VM, seen by the guest', async () => {
+    const sock = path.join(env.runDir, 'agent.sock');
+    let from = await env.logSize(st.serialLog);
+    await callControl(sock, 'POST', `/pods/${name}/disks`, { disk: 'hp1', size: '16Mi' });
+    await env.waitSerial(st.serialLog, /PODVIRT-DISKS \[vda vdb\]/, 60_000, from);
+    await env.serialSend(st.serialSocket, `diskpattern write /dev/vdb hot-${env.tag}; diskpattern read /dev/vdb`);
+    await env.waitSerial(st.serialLog, new RegExp(`PODVIRT-DISK-READ /dev/vdb hot-${env.tag}`), 30_000, from);
+
+    await callControl(sock, 'POST', `/pods/${name}/interfaces`, { iface: 'hp0', network: 'pvtlnet' });
+    const lease = await env.waitSerial(st.serialLog, /PODVIRT-DHCP eth1 (\d+\.\d+\.\d+\.\d+)\/24/, 60_000, from);
+    const withNic = await env.status(name);
+    assert.ok(withNic.interfaces.some((i) => i.ip?.startsWith(`${lease[1]}/`)), 'status lists the hotplugged attachment');
+    await exec('ping', ['-c', '1', '-W', '3', lease[1]!]);
+
+    from = await env.logSize(st.serialLog);
+    await callControl(sock, 'POST', `/pods/${name}/disks/hp1/unplug`, { timeoutMs: 60_000 });
+    await env.waitSerial(st.serialLog, /PODVIRT-DISKS \[vda\]/, 30_000, from);
+    await callControl(sock, 'POST', `/pods/${name}/interfaces/hp0/unplug`, { timeoutMs: 60_000 });
+    await env.serialSend(st.serialSocket, 'echo NETS $(ls /sys/class/net | tr "\\n" " ") END');
+    const nets = await env.waitSerial(st.serialLog, /^NETS (.*) END/m, 30_000, from);
+    assert.doesNotMatch(nets[1]!, /eth1/);
+    const after = await env.status(name);
+    assert.equal(after.interfaces.length, 1);
+    assert.equal(after.disks.length, 1);
+    assert.equal(await env.leftoverHotplugMounts(), 0, 'the unplugged volume is unpublished');
+  });
+
+  it('attaches the serial console (podvirt console) and detaches when input ends', async () => {
+    const r = await env.cli(['console', name], { input: 'echo CONSOLE-$((6*7))\n', timeoutMs: 30_000 });
+    assert.match(r.stdout, /^CONSOLE-42\r?$/m);
   });
 
   it('keeps a disk written in the guest across stop and run, with identical PCI addresses', async () => {
