@@ -44,6 +44,8 @@ export interface QmpConnectOptions {
   commandTimeoutMs?: number;
   /** Ask for the `oob` capability when QEMU offers it (needed for `exec-oob`, e.g. migrate-pause). */
   oob?: boolean;
+  /** Stops dialing (e.g. the QEMU being waited for exited): an abandoned dial must not grab the next QEMU's monitor. */
+  signal?: AbortSignal;
 }
 
 export interface ExecuteOptions {
@@ -88,7 +90,7 @@ export class QmpClient extends EventEmitter {
 
   private constructor(
     readonly socketPath: string,
-    private readonly opts: Required<QmpConnectOptions>,
+    private readonly opts: Required<Omit<QmpConnectOptions, 'signal'>> & { signal?: AbortSignal },
   ) {
     super();
     // Many waiters (device_del, migration) subscribe at once; the default cap of 10 would only warn.
@@ -101,6 +103,7 @@ export class QmpClient extends EventEmitter {
       connectTimeoutMs: opts.connectTimeoutMs ?? 10_000,
       commandTimeoutMs: opts.commandTimeoutMs ?? 30_000,
       oob: opts.oob ?? false,
+      signal: opts.signal,
     });
     await c.open();
     return c;
@@ -120,12 +123,15 @@ export class QmpClient extends EventEmitter {
     const deadline = Date.now() + this.opts.connectTimeoutMs;
     let delay = 10;
     for (;;) {
+      if (this.opts.signal?.aborted) throw new Unavailable(`QMP ${this.socketPath}: connect aborted`);
       try {
-        await this.dial();
+        await this.dial(Math.max(1000, deadline - Date.now()));
         break;
       } catch (e) {
         const code = sysErrorCode(e);
-        const retriable = code === 'ENOENT' || code === 'ECONNREFUSED' || code === 'EAGAIN' || e instanceof RetryGreeting;
+        // ECONNRESET: a QEMU that is still starting (or dying) closed the listening socket under us.
+        const retriable = code === 'ENOENT' || code === 'ECONNREFUSED' || code === 'EAGAIN' || code === 'ECONNRESET' || e instanceof RetryGreeting;
+        if (this.opts.signal?.aborted) throw new Unavailable(`QMP ${this.socketPath}: connect aborted`);
         if (!retriable || Date.now() + delay > deadline) {
           throw new Unavailable(`QMP ${this.socketPath}: cannot connect: ${errorMessage(e)}`, { cause: e });
         }
@@ -138,20 +144,24 @@ export class QmpClient extends EventEmitter {
   }
 
   /** Connects and waits for the greeting; the socket is then owned by this client. */
-  private dial(): Promise<void> {
+  private dial(greetingTimeoutMs: number): Promise<void> {
     return new Promise((resolve, reject) => {
       const sock = net.createConnection(this.socketPath);
       let greeted = false;
       let buf = '';
+      // QEMU listens before its main loop runs: a slow start greets late, so wait rather than redial.
       const timer = setTimeout(() => {
         sock.destroy();
-        reject(new RetryGreeting('no greeting within 5 s'));
-      }, 5_000);
+        reject(new RetryGreeting(`no greeting within ${greetingTimeoutMs} ms`));
+      }, greetingTimeoutMs);
+      const onAbort = () => fail(new Unavailable(`QMP ${this.socketPath}: connect aborted`));
       const fail = (e: Error) => {
         clearTimeout(timer);
+        this.opts.signal?.removeEventListener('abort', onAbort);
         sock.destroy();
         reject(e);
       };
+      this.opts.signal?.addEventListener('abort', onAbort, { once: true });
       sock.once('error', fail);
       // A second client is accepted by the kernel but QEMU only greets it once the first leaves.
       sock.once('close', () => {
@@ -171,6 +181,7 @@ export class QmpClient extends EventEmitter {
         if (!isObject(msg) || !isObject(msg.QMP)) return fail(new Unavailable(`QMP ${this.socketPath}: not a QMP greeting: ${line.slice(0, 200)}`));
         greeted = true;
         clearTimeout(timer);
+        this.opts.signal?.removeEventListener('abort', onAbort);
         sock.off('data', onData);
         sock.off('error', fail);
         this.greeting = msg.QMP as unknown as QmpGreeting;

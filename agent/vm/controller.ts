@@ -109,6 +109,8 @@ export class VmController extends EventEmitter {
   private resets = 0;
   private exitReported = false;
   private readonly log: Logger;
+  /** Set when this controller spawned QEMU: lets kill() wait until the child is reaped. */
+  private childExited: Promise<unknown> | undefined;
 
   private constructor(
     private readonly opts: VmControllerOptions,
@@ -145,13 +147,16 @@ export class VmController extends EventEmitter {
       startedAt: new Date().toISOString(),
     };
     const vm = new VmController(opts, state);
+    vm.childExited = spawned.exited;
     let exitedEarly: string | undefined;
     void spawned.exited.then(async (r) => {
       exitedEarly = `QEMU exited (${r.signal ?? `code ${r.code}`}): ${await logTail(spawned.logFile)}`;
     });
+    const dialing = new AbortController();
+    void spawned.exited.then(() => dialing.abort());
     try {
       const qmp = await Promise.race([
-        QmpClient.connect(plan.paths.qmpSocket, { connectTimeoutMs: opts.connectTimeoutMs ?? 15_000 }),
+        QmpClient.connect(plan.paths.qmpSocket, { connectTimeoutMs: opts.connectTimeoutMs ?? 15_000, signal: dialing.signal }),
         spawned.exited.then(async () => {
           await sleep(20); // let the exit handler read the log
           throw new FailedPrecondition(exitedEarly ?? 'QEMU exited during start');
@@ -167,6 +172,9 @@ export class VmController extends EventEmitter {
       vm.log.error({ err: errorMessage(e) }, 'start failed; killing QEMU');
       await vm.kill().catch(() => {});
       await fs.rm(path.join(opts.stateDir, STATE_FILE), { force: true });
+      // If QEMU died on its own, its log says why better than a refused QMP connection does.
+      if (!exitedEarly) await Promise.race([spawned.exited, sleep(500)]).then(() => sleep(20));
+      if (exitedEarly && !(e instanceof FailedPrecondition)) throw new FailedPrecondition(exitedEarly, { cause: e });
       throw e;
     }
   }
@@ -372,10 +380,13 @@ export class VmController extends EventEmitter {
   async kill(): Promise<void> {
     this.setPhase('ShuttingDown', 'killed');
     this.reasonNow = 'killed';
-    try {
-      process.kill(this.state.qemuPid, 'SIGKILL');
-    } catch {
-      /* already gone */
+    // Only signal the pid while it is still our QEMU: a reaped pid may already belong to someone else.
+    if (await this.isOurQemu()) {
+      try {
+        process.kill(this.state.qemuPid, 'SIGKILL');
+      } catch {
+        /* already gone */
+      }
     }
     if (!(await this.waitGone(10_000))) throw new DeadlineExceeded(`QEMU ${this.state.qemuPid} survived SIGKILL for 10 s`);
     await this.cleanup();
@@ -383,6 +394,8 @@ export class VmController extends EventEmitter {
 
   private async waitGone(timeoutMs: number): Promise<boolean> {
     const deadline = Date.now() + timeoutMs;
+    // Our own child: wait for the reap so the pid leaves the cgroup before we return.
+    if (this.childExited) return Promise.race([this.childExited.then(() => true), sleep(timeoutMs).then(() => false)]);
     while (Date.now() < deadline) {
       if (!(await this.isOurQemu())) return true;
       await sleep(25);
