@@ -1,5 +1,6 @@
 import { strict as assert } from 'node:assert';
 import { execFileSync } from 'node:child_process';
+import { createHash, randomBytes } from 'node:crypto';
 import { existsSync, statSync, statfsSync, writeFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { status } from '@grpc/grpc-js';
@@ -350,6 +351,27 @@ for (const access of ['block', 'mount'] as const) {
         await release(v, s, ct);
       }
     });
+
+    if (access === 'block') {
+      it('large O_DIRECT writes come back bit-exact through the device (guards the loop/FUSE data path)', async () => {
+        const { id, staging } = await createStaged('pvt-integrity');
+        const t = target(h.dir('pods'));
+        await publish(id, staging, t);
+        const data = randomBytes(32 * MiB);
+        const src = path.join(h.root, 'random.bin');
+        writeFileSync(src, data);
+        execFileSync('dd', [`if=${src}`, `of=${t}`, 'bs=1M', 'oflag=direct', 'conv=fsync', 'status=none']);
+        const sha = (b: Buffer) => createHash('sha256').update(b).digest('hex');
+        const back = () => execFileSync('dd', [`if=${t}`, 'bs=1M', 'count=32', 'iflag=direct', 'status=none'], { maxBuffer: 64 * MiB });
+        assert.equal(sha(back()), sha(data));
+        await h.c.node.NodeUnpublishVolume({ volume_id: id, target_path: t });
+        await h.c.node.NodeUnstageVolume({ volume_id: id, staging_target_path: staging });
+        await h.c.node.NodeStageVolume({ volume_id: id, staging_target_path: staging, volume_capability: c() });
+        await publish(id, staging, t);
+        assert.equal(sha(back()), sha(data), 'after unstage and restage');
+        await release(id, staging, t);
+      });
+    }
 
     if (access === 'mount') {
       it('an xfs clone mounts while its source is mounted (same filesystem UUID)', async () => {
