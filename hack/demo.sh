@@ -9,7 +9,7 @@ root=$(pwd)
 bash hack/setup.sh
 podvirt() { node "$root/dist/bin/podvirt.js" "$@"; }
 
-name=podvirt-demo
+name=demo
 manifest=$(mktemp --suffix=.yaml)
 trap 'rm -f "$manifest"' EXIT
 cat > "$manifest" <<YAML
@@ -48,7 +48,7 @@ spec:
       persistentVolumeClaim: {claimName: demo-data}
 YAML
 
-podvirt stop "$name" >/dev/null 2>&1 || true
+podvirt stop "$name" --timeout 5 >/dev/null 2>&1 || true
 
 echo "== podvirt run (pod $name)"
 podvirt run "$manifest"
@@ -62,8 +62,10 @@ done
 
 echo "== podvirt ps"
 podvirt ps
-echo "== podvirt status $name --json"
-podvirt status "$name" --json
+echo "== podvirt status $name"
+podvirt status "$name"
+echo "== podvirt status $name --json (contract fields; the full object also has interfaces, disks, topology)"
+podvirt status "$name" --json | node -e 'let s="";process.stdin.on("data",d=>s+=d).on("end",()=>{const j=JSON.parse(s);console.log(JSON.stringify({phase:j.phase,qemuPid:j.qemuPid,vcpuThreads:j.vcpuThreads,serialLog:j.serialLog,netns:j.netns,cgroup:j.cgroup},null,2))})'
 echo "== serial console (last lines)"
 grep -E 'PODVIRT-|tick' "$log" | tail -n 6
 ip=$(podvirt status "$name" --json | node -e 'let s="";process.stdin.on("data",d=>s+=d).on("end",()=>{const j=JSON.parse(s);console.log((j.interfaces?.[0]?.ip??"").split("/")[0])})')
@@ -73,5 +75,7 @@ if [[ -n "$ip" ]]; then
 fi
 
 echo "== podvirt stop $name"
-podvirt stop "$name"
+podvirt stop "$name" --timeout 5
+# The local agent daemon stays up while other pods run; otherwise it goes too.
+if [[ "$(podvirt ps --json)" == "[]" ]]; then podvirt agent --local --shutdown; fi
 echo "demo done: the VM booted in its pod sandbox, got its address by DHCP, answered ping, and was cleaned up"

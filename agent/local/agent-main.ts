@@ -6,13 +6,15 @@ import { parseCpuList } from '../../lib/sysfs.js';
 import { CniBackend } from './cni-backend.js';
 import { CsiBackend } from './csi-backend.js';
 import { startLocalDaemon } from './daemon.js';
-import { PATH_FLAGS, localPaths } from './paths.js';
+import { PATH_FLAGS, controlSocket, localPaths } from './paths.js';
+import { callControl } from './control.js';
+import { agentAlive } from './spawn-agent.js';
 import { createVmBackend } from './vm-backend.js';
 import { vmShape } from './vm-shape.js';
 import { availableParallelism } from 'node:os';
 
 export const AGENT_USAGE =
-  'usage: podvirt agent --local [--state-dir DIR] [--run-dir DIR] [--reserved-cpus LIST] [--networks-dir DIR] [--cgroup-parent NAME] [--netns-prefix P]';
+  'usage: podvirt agent --local [--state-dir DIR] [--run-dir DIR] [--reserved-cpus LIST] [--networks-dir DIR] [--cgroup-parent NAME] [--netns-prefix P]\n       podvirt agent --local --shutdown   (stop the daemon; VMs keep running)';
 
 /** `podvirt agent --local`: the local-mode daemon (`podvirt run` starts it on demand). */
 export async function agentMain(argv: string[]): Promise<number> {
@@ -23,6 +25,7 @@ export async function agentMain(argv: string[]): Promise<number> {
     'networks-dir': { type: 'string' },
     'cgroup-parent': { type: 'string' },
     'netns-prefix': { type: 'string' },
+    shutdown: { type: 'boolean' },
     help: { type: 'boolean', short: 'h' },
   });
   if (f.help) {
@@ -31,6 +34,11 @@ export async function agentMain(argv: string[]): Promise<number> {
   }
   if (!f.local) throw new InvalidArgument(`only local mode is available here: ${AGENT_USAGE}`);
   const paths = localPaths(f);
+  if (f.shutdown) {
+    // Ask a running daemon to exit (VMs keep running); nothing to do when none runs.
+    if (await agentAlive(paths)) await callControl(controlSocket(paths), 'POST', '/shutdown');
+    return 0;
+  }
   const env = process.env;
   // kubelet's --reserved-cpus: by default CPU 0 stays with the system when there is more than one.
   const reservedText = f['reserved-cpus'] ?? env.PODVIRT_RESERVED_CPUS ?? (availableParallelism() > 1 ? '0' : '');
