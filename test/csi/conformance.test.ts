@@ -434,6 +434,27 @@ for (const access of ['block', 'mount'] as const) {
       }
     });
 
+    it('expansion of a volume that is not in use: offline before staging, and staged-only growth', async () => {
+      const v = (await h.c.controller.CreateVolume({ name: `pvt-offgrow-${access}`, volume_capabilities: [c()], capacity_range: { required_bytes: 512 * MiB } })).volume!;
+      await h.c.controller.ControllerExpandVolume({ volume_id: v.volume_id, capacity_range: { required_bytes: 768 * MiB } });
+      const staging = h.dir('staging');
+      await h.c.node.NodeStageVolume({ volume_id: v.volume_id, staging_target_path: staging, volume_capability: c() });
+      const size = async () => {
+        const u = (await h.c.node.NodeGetVolumeStats({ volume_id: v.volume_id, volume_path: staging })).usage.find((x) => x.unit === 'BYTES')!;
+        return Number(u.total);
+      };
+      const first = await size();
+      assert.ok(first > 700 * MiB && first <= 768 * MiB, `staged after an offline grow: ${first}`);
+      // Staged but not published: the filesystem grows right away (offline for ext4 if need be).
+      await h.c.controller.ControllerExpandVolume({ volume_id: v.volume_id, capacity_range: { required_bytes: GiB } });
+      const r = await h.c.node.NodeExpandVolume({ volume_id: v.volume_id, volume_path: staging, volume_capability: c() });
+      assert.equal(r.capacity_bytes, String(GiB));
+      const second = await size();
+      assert.ok(second > first + 200 * MiB, `grown while staged: ${first} → ${second}`);
+      await h.c.node.NodeUnstageVolume({ volume_id: v.volume_id, staging_target_path: staging });
+      await h.c.controller.DeleteVolume({ volume_id: v.volume_id });
+    });
+
     it('NodeGetVolumeStats: usage and a healthy condition, NOT_FOUND for a path the volume is not at', async () => {
       const { id, staging } = await createStaged(`pvt-stats-${access}`);
       const t = target(h.dir('pods'));
