@@ -42,7 +42,7 @@ export interface MigrationResult {
   progress: MigrationProgress;
   /** Guest pause as QEMU measured it on the source (stop → last byte). */
   downtimeMs?: number;
-  /** Source STOP → target RESUME, from QEMU's event timestamps (meaningful when both run on one clock). */
+  /** Source STOP → target RESUME, from both QEMUs' event timestamps (meaningful when both hosts share a clock). */
   observedDowntimeMs?: number;
   totalTimeMs?: number;
   postCopy: boolean;
@@ -153,9 +153,8 @@ export class SourceSide extends EventEmitter {
       if (type === 'target-failed') this.targetFailure = `target: ${String(body.reason)}`;
       if (type === 'resumed') {
         this.targetResumed = true;
-        this.targetResumeAtMs ??= Date.now();
+        if (typeof body.resumedAtMs === 'number') this.targetResumeAtMs = body.resumedAtMs;
       }
-      if (type === 'target-status' && body.status === 'postcopy-active') this.targetResumeAtMs ??= Date.now();
       this.wake?.();
     });
     this.control.on('close', () => {

@@ -9,7 +9,7 @@ import { queryStatus } from '../qmp/index.js';
 import { DEFAULT_MIGRATION_CONFIG, validateMigrationConfig, type MigrationConfig } from './config.js';
 import { ControlServer, type Body } from './control.js';
 import { planMigration, type MigrationPlan, type MirroredDisk } from './plan.js';
-import { runSteps } from './progress.js';
+import { eventMs, runSteps } from './progress.js';
 import { MigrationTls, type Owner } from './tls.js';
 
 export interface TargetSideOptions {
@@ -52,6 +52,8 @@ export class TargetSide extends EventEmitter {
   private readonly log: Logger;
   private readonly tls: MigrationTls;
   private resumeHandled = false;
+  /** QEMU's timestamp of the guest running here (RESUME), for the guest-visible downtime. */
+  private resumedAtMs: number | undefined;
   private readonly onEvent = (ev: QmpEvent) => void this.qemuEvent(ev);
   private readonly onClose = () => this.fail('target QEMU exited');
 
@@ -130,6 +132,7 @@ export class TargetSide extends EventEmitter {
       if (status === 'failed') this.fail('incoming migration failed on the target');
       if (status === 'completed' || status === 'postcopy-active') await this.maybeResume();
     } else if (ev.event === 'RESUME') {
+      this.resumedAtMs ??= eventMs(ev.timestamp);
       await this.maybeResume();
     }
   }
@@ -174,7 +177,7 @@ export class TargetSide extends EventEmitter {
     await fs.rm(this.o.tlsQemuDir, { recursive: true, force: true });
     await fs.rm(path.join(this.o.tlsWorkDir, 'ca'), { recursive: true, force: true });
     this.settled = 'resumed';
-    this.server.notify('resumed', {});
+    this.server.notify('resumed', this.resumedAtMs !== undefined ? { resumedAtMs: this.resumedAtMs } : {});
     this.emit('resumed');
   }
 

@@ -1,0 +1,182 @@
+import { promises as fs } from 'node:fs';
+import * as path from 'node:path';
+import { randomBytes } from 'node:crypto';
+import { parseDocument } from 'yaml';
+import { AlreadyExists, InvalidArgument, NotFound, errorMessage } from '../../lib/errors.js';
+import { writeJsonAtomic } from '../../lib/fs-atomic.js';
+import { silentLogger, type Logger } from '../../lib/log.js';
+import type { QmpClient } from '../qmp/index.js';
+import type { MigrationConfig } from './config.js';
+import { newMigrationToken } from './control.js';
+import type { MirroredDisk } from './plan.js';
+import type { MigrationProgress } from './progress.js';
+import { SourceSide, type MigrationResult } from './source.js';
+import { TargetSide } from './target.js';
+import type { Owner } from './tls.js';
+
+export const MIGRATE_FROM_ANNOTATION = 'vm.podvirt.io/migrate-from';
+
+/**
+ * What local mode must provide so a VM can move to a second local pod. Every method maps onto
+ * existing local-mode steps; the orchestration below only sequences them.
+ */
+export interface LocalMigrationHost {
+  /** The running source pod: its manifest, its VM's QMP (held by the agent), memory, node-local disks. */
+  source(name: string): Promise<{ manifest: string; qmp: QmpClient; netns: string; memoryBytes: number; disks: Array<{ node: string; sizeBytes: number }> }>;
+  /**
+   * Runs the target pod from `manifest` (which carries `vm.podvirt.io/migrate-from`): fresh
+   * sandbox with its own cpuset, fresh volumes, taps as silent migration targets, QEMU from the
+   * source's recorded topology with `-incoming defer`, vCPUs pinned, not resumed.
+   */
+  startTarget(manifest: string): Promise<{ name: string; qmp: QmpClient; netns: string; taps: string[]; diskNodes: string[] }>;
+  /** A `"mode": "migration"` attachment in the pod's netns; its IPv4 address. */
+  addMigrationNetwork(pod: string, netns: string): Promise<{ ip: string; remove: () => Promise<void> }>;
+  /** Opens a silent tap at switch-over (the CNI plugin's activateTap). */
+  activateTap(netns: string, ifname: string): Promise<void>;
+  stopPod(name: string, opts: { deleteVolumes: boolean }): Promise<void>;
+  /** uid/gid QEMU runs as (its TLS credential files are handed to it). */
+  qemuOwner?: Owner;
+  postCopySupported: boolean;
+}
+
+export interface LocalMigrationRecord {
+  id: string;
+  source: string;
+  target: string | undefined;
+  startedAt: string;
+  progress: MigrationProgress | undefined;
+  result: MigrationResult | undefined;
+}
+
+/**
+ * Local mode's orchestrator: plays the part the Kubernetes agent plays in a cluster. Creates the
+ * target pod, hands both halves the per-migration token through a 0600 state file, follows the
+ * migration, then removes whichever pod lost.
+ */
+export class LocalMigrations {
+  private readonly running = new Map<string, { rec: LocalMigrationRecord; abort: AbortController; done: Promise<LocalMigrationRecord> }>();
+  private readonly log: Logger;
+
+  constructor(
+    private readonly host: LocalMigrationHost,
+    private readonly stateDir: string,
+    log?: Logger,
+  ) {
+    this.log = log ?? silentLogger;
+  }
+
+  /** Starts migrating pod `name`; resolves once it runs (poll {@link get}, or await {@link wait}). */
+  async start(name: string, config: MigrationConfig): Promise<LocalMigrationRecord> {
+    if (this.running.has(name)) throw new AlreadyExists(`pod ${name} is already migrating`);
+    const src = await this.host.source(name);
+    const id = `mig-${randomBytes(4).toString('hex')}`;
+    const rec: LocalMigrationRecord = { id, source: name, target: undefined, startedAt: new Date().toISOString(), progress: undefined, result: undefined };
+    const abort = new AbortController();
+    const done = this.follow(rec, src, config, abort.signal);
+    this.running.set(name, { rec, abort, done });
+    void done.finally(() => this.running.delete(name));
+    return rec;
+  }
+
+  get(name: string): LocalMigrationRecord {
+    const r = this.running.get(name);
+    if (!r) throw new NotFound(`no migration of pod ${name} in progress`);
+    return r.rec;
+  }
+
+  async wait(name: string): Promise<LocalMigrationRecord> {
+    const r = this.running.get(name);
+    if (!r) throw new NotFound(`no migration of pod ${name} in progress`);
+    return r.done;
+  }
+
+  cancel(name: string): LocalMigrationRecord {
+    const r = this.running.get(name);
+    if (!r) throw new NotFound(`no migration of pod ${name} in progress`);
+    r.abort.abort();
+    return r.rec;
+  }
+
+  private async follow(rec: LocalMigrationRecord, src: Awaited<ReturnType<LocalMigrationHost['source']>>, config: MigrationConfig, signal: AbortSignal): Promise<LocalMigrationRecord> {
+    const dir = path.join(this.stateDir, rec.id);
+    const undo: Array<() => Promise<unknown>> = [];
+    let target: Awaited<ReturnType<LocalMigrationHost['startTarget']>> | undefined;
+    try {
+      await fs.mkdir(dir, { recursive: true, mode: 0o700 });
+      undo.push(() => fs.rm(dir, { recursive: true, force: true }));
+      const token = newMigrationToken();
+      // The orchestrator's hand-off of the secret: a root-only file both halves read.
+      const tokenFile = path.join(dir, 'token.json');
+      await writeJsonAtomic(tokenFile, { migrationId: rec.id, source: rec.source, token });
+      await fs.chmod(tokenFile, 0o600);
+
+      target = await this.host.startTarget(targetManifest(src.manifest, rec.source, rec.id));
+      rec.target = target.name;
+      const t = target;
+      const srcMig = await this.host.addMigrationNetwork(rec.source, src.netns);
+      undo.push(() => srcMig.remove());
+      const dstMig = await this.host.addMigrationNetwork(t.name, t.netns);
+      undo.push(() => dstMig.remove());
+
+      const { token: tok } = JSON.parse(await fs.readFile(tokenFile, 'utf8')) as { token: string };
+      const disks: MirroredDisk[] = src.disks.map((d) => ({ sourceNode: d.node, targetNode: d.node, sizeBytes: d.sizeBytes }));
+      const targetSide = new TargetSide({
+        migrationId: rec.id,
+        token: tok,
+        qmp: t.qmp,
+        migrationAddress: dstMig.ip,
+        localDiskNodes: t.diskNodes,
+        postCopySupported: this.host.postCopySupported,
+        tlsWorkDir: path.join(dir, 'target-ca'),
+        tlsQemuDir: path.join(dir, 'target-tls'),
+        ...(this.host.qemuOwner ? { qemuOwner: this.host.qemuOwner } : {}),
+        onResume: async () => {
+          for (const tap of t.taps) await this.host.activateTap(t.netns, tap);
+        },
+        log: this.log,
+      });
+      const port = await targetSide.listen('127.0.0.1', 0);
+      undo.push(() => targetSide.close());
+      const sourceSide = new SourceSide({
+        migrationId: rec.id,
+        token: tok,
+        control: { host: '127.0.0.1', port },
+        qmp: src.qmp,
+        config,
+        memoryBytes: src.memoryBytes,
+        disks,
+        postCopySupported: this.host.postCopySupported,
+        tlsHostname: `${t.name}.migration.podvirt.local`.slice(0, 200),
+        tlsQemuDir: path.join(dir, 'source-tls'),
+        ...(this.host.qemuOwner ? { qemuOwner: this.host.qemuOwner } : {}),
+        signal,
+        log: this.log,
+      });
+      sourceSide.on('progress', (p: MigrationProgress) => (rec.progress = p));
+      rec.result = await sourceSide.run();
+      rec.progress = rec.result.progress;
+    } catch (e) {
+      const reason = errorMessage(e);
+      this.log.warn({ source: rec.source, err: reason }, 'migration could not run');
+      const progress = rec.progress ?? ({ migrationId: rec.id, phase: 'Failed', qemuStatus: 'none', bytesTransferred: 0, bytesRemaining: 0, bytesTotal: 0, dirtyRateBytesPerSec: 0, mbps: 0, pass: 0, postCopy: false, elapsedMs: 0 } as MigrationProgress);
+      rec.progress = { ...progress, phase: signal.aborted ? 'Cancelled' : 'Failed', reason };
+      rec.result = { outcome: signal.aborted ? 'cancelled' : 'failed', reason, progress: rec.progress, postCopy: false, notes: [] };
+    }
+    for (const u of undo.reverse()) await u().catch((e: unknown) => this.log.warn({ err: errorMessage(e) }, 'migration clean-up step failed'));
+    // The loser goes: the source after a success (its volumes were copied), the target otherwise.
+    if (rec.result?.outcome === 'completed') await this.host.stopPod(rec.source, { deleteVolumes: true }).catch((e: unknown) => this.log.error({ err: errorMessage(e) }, 'stopping the migrated source'));
+    else if (target) await this.host.stopPod(target.name, { deleteVolumes: true }).catch((e: unknown) => this.log.error({ err: errorMessage(e) }, 'removing the migration target'));
+    return rec;
+  }
+}
+
+/** The source pod's manifest, renamed, with `vm.podvirt.io/migrate-from` (pure). */
+export function targetManifest(manifest: string, source: string, migrationId: string, namespace = 'default'): string {
+  const doc = parseDocument(manifest);
+  if (doc.errors.length) throw new InvalidArgument(`source manifest: ${doc.errors[0]!.message}`);
+  const base = source.replace(/-m[0-9a-f]{4}$/, '').slice(0, 40);
+  const name = `${base}-m${migrationId.slice(-4)}`;
+  doc.setIn(['metadata', 'name'], name);
+  doc.setIn(['metadata', 'annotations', MIGRATE_FROM_ANNOTATION], `${namespace}/${source}`);
+  return doc.toString();
+}
