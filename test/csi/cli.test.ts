@@ -11,7 +11,10 @@ import { hostLeaks } from './harness.js';
 const CLI = [path.join(PROJECT_ROOT, 'node_modules/tsx/dist/cli.mjs'), path.join(PROJECT_ROOT, 'bin/podvirt.ts')];
 
 describe('csi: podvirt csi command', function () {
-  const root = mkdtempSync('/tmp/pvt-csi-cli-');
+  let root = '';
+  before(() => {
+    root = mkdtempSync('/tmp/pvt-csi-cli-');
+  });
   after(() => {
     assert.deepEqual(hostLeaks(root), []);
     rmSync(root, { recursive: true, force: true });

@@ -9,14 +9,20 @@ import type { VolumeCapability } from '../../proto/gen/csi/v1/csi/v1/VolumeCapab
 
 /** Everything a CSI test run creates lives under one /tmp/pvt-csi-* dir (unique per run). */
 export class CsiHarness {
-  readonly root: string;
-  readonly stateDir: string;
+  private rootDir: string | undefined;
   driver: CsiDriver | undefined;
   client: CsiClient | undefined;
 
-  constructor(readonly nodeId = 'pvt-node-a') {
-    this.root = mkdtempSync('/tmp/pvt-csi-');
-    this.stateDir = path.join(this.root, 'state');
+  constructor(readonly nodeId = 'pvt-node-a') {}
+
+  /** Created on first use, so suites that mocha's --grep skips leave nothing behind. */
+  get root(): string {
+    this.rootDir ??= mkdtempSync('/tmp/pvt-csi-');
+    return this.rootDir;
+  }
+
+  get stateDir(): string {
+    return path.join(this.root, 'state');
   }
 
   get socketPath(): string {
@@ -53,6 +59,7 @@ export class CsiHarness {
    * still left under the run dir, and reports what had leaked.
    */
   async cleanup(): Promise<string[]> {
+    if (this.rootDir === undefined) return [];
     if (this.client) {
       const state = JSON.parse(readFileSync(path.join(this.stateDir, 'state.json'), 'utf8')) as {
         publishes: Record<string, { volumeId: string; targetPath: string }>;
