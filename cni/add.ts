@@ -24,7 +24,7 @@ export async function cmdAdd(ctx: CniContext, conf: NetConf): Promise<CniResult>
   const ipam = delegateIpam(ctx, conf, 'ADD');
   ipam.catch(() => undefined); // awaited below; this only keeps an early rejection from being "unhandled"
   // Tap mode's tc batch needs the devices, but its process can start now (see startBatch).
-  const podTc: PendingBatch | undefined = conf.mode === 'tap' ? startBatch(ctx.netns, 'tc') : undefined;
+  const podTc: PendingBatch | undefined = conf.mode === 'tap' ? startBatch(ctx.deps, ctx.netns, 'tc') : undefined;
   let undo: string[] = [];
   try {
     await ensureBridge(ctx.deps, conf.bridge, stableMac(`podvirt-bridge:${conf.bridge}`), conf.mtu);

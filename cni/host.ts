@@ -7,6 +7,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import { exec as defaultExec, ExecError, type Exec } from '../lib/exec.js';
 import { CniCode, CniError } from './cni-error.js';
 import type { BatchOp } from './plan.js';
+import { batchHandle, type BatchOutcome, type PendingBatch, type WarmPool } from './warm-pool.js';
 
 export interface HostDeps {
   exec: Exec;
@@ -14,6 +15,8 @@ export interface HostDeps {
   sysRoot: string;
   /** A path naming the host netns (where the bridge lives) from inside another netns. */
   hostNetns: string;
+  /** Warm batch processes (the server has one; a one-shot plugin process does not). */
+  pool?: WarmPool;
 }
 
 export const defaultHostDeps: HostDeps = { exec: defaultExec, sysRoot: '/sys', hostNetns: `/proc/${process.pid}/ns/net` };
@@ -29,15 +32,12 @@ export function inNetns(netns: string | null, tool: 'ip' | 'tc', args: string[])
   return ['nsenter', [`--net=${netns}`, '--', tool, ...args]];
 }
 
-export interface BatchOutcome {
-  /** Number of leading lines that succeeded. */
-  done: number;
-  error?: ExecError;
-}
+export type { BatchOutcome, PendingBatch };
 
 /** Runs lines as one `-batch`; the batch stops at the first failing line, whose number ip/tc print. */
 export async function runBatch(deps: HostDeps, netns: string | null, tool: 'ip' | 'tc', lines: string[], force = false): Promise<BatchOutcome> {
   if (lines.length === 0) return { done: 0 };
+  if (deps.pool && netns !== null) return startBatch(deps, netns, tool, force).feed(lines);
   const [cmd, args] = inNetns(netns, tool, [...(force ? ['-force'] : []), '-batch', '-']);
   const res = await deps.exec(cmd, args, { input: lines.join('\n') + '\n', allowFailure: true, timeoutMs: TIMEOUT_MS });
   if (res.code === 0) return { done: lines.length };
@@ -50,40 +50,14 @@ export async function runBatch(deps: HostDeps, netns: string | null, tool: 'ip' 
  * A batch process started before its lines are known. `ip`/`tc` read batch lines from stdin
  * as they come, so starting one early takes its process start-up (fork, exec, dynamic
  * loading, netns switch) off the critical path: ADD starts the pod's `tc` together with `ip`
- * and feeds it once the devices exist.
+ * and feeds it once the devices exist. In the server, a parked process from the warm pool.
  */
-export interface PendingBatch {
-  /** Writes the lines, closes stdin, resolves when the process has exited. */
-  feed(lines: string[]): Promise<BatchOutcome>;
-}
-
-export function startBatch(netns: string | null, tool: 'ip' | 'tc'): PendingBatch {
-  const [cmd, args] = inNetns(netns, tool, ['-batch', '-']);
-  const child = spawn(cmd, args, { stdio: ['pipe', 'pipe', 'pipe'] });
-  const out: Buffer[] = [];
-  const err: Buffer[] = [];
-  child.stdout.on('data', (b: Buffer) => out.push(b));
-  child.stderr.on('data', (b: Buffer) => err.push(b));
-  child.stdin.on('error', () => undefined);
-  const timer = setTimeout(() => child.kill('SIGKILL'), TIMEOUT_MS);
-  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null; spawnError?: string }>((resolve) => {
-    child.on('error', (e) => resolve({ code: null, signal: null, spawnError: String(e) }));
-    child.on('close', (code, signal) => resolve({ code, signal }));
-  });
-  let lines: string[] = [];
-  return {
-    async feed(l: string[]): Promise<BatchOutcome> {
-      lines = l;
-      child.stdin.end(lines.length ? lines.join('\n') + '\n' : '');
-      const r = await exited;
-      clearTimeout(timer);
-      const result = { code: r.code, signal: r.signal, stdout: Buffer.concat(out).toString(), stderr: r.spawnError ?? Buffer.concat(err).toString() };
-      if (r.code === 0) return { done: lines.length };
-      const m = /Command failed -:(\d+)/.exec(result.stderr);
-      const done = m ? Number(m[1]) - 1 : 0;
-      return { done, error: new ExecError([cmd, ...args, ...(m ? [`(line ${m[1]}: ${lines[done] ?? ''})`] : [])], result) };
-    },
+export function startBatch(deps: HostDeps, netns: string | null, tool: 'ip' | 'tc', force = false): PendingBatch {
+  const cold = (): PendingBatch => {
+    const [cmd, args] = inNetns(netns, tool, [...(force ? ['-force'] : []), '-batch', '-']);
+    return batchHandle(spawn(cmd, args, { stdio: ['pipe', 'pipe', 'pipe'] }), [cmd, ...args]);
   };
+  return deps.pool && netns !== null ? deps.pool.take(tool, netns, force, cold) : cold();
 }
 
 /** Runs ops; on failure undoes the ones that succeeded (in reverse) and throws the failure. */

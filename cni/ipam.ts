@@ -39,7 +39,7 @@ async function run(ctx: CniContext, bin: string, command: string, stdin: string)
   const env: Record<string, string | undefined> = { ...ctx.env, CNI_COMMAND: command };
   env.CNI_ARGS = stripPodvirtArgs(env.CNI_ARGS);
   if (env.CNI_ARGS === undefined) delete env.CNI_ARGS;
-  return ctx.deps.exec(bin, [], { env, input: stdin, allowFailure: true, timeoutMs: TIMEOUT_MS });
+  return ctx.deps.pool?.exec(bin, env, stdin) ?? ctx.deps.exec(bin, [], { env, input: stdin, allowFailure: true, timeoutMs: TIMEOUT_MS });
 }
 
 /** A delegate's error: its JSON from stdout, else its stderr text (libcni raw_exec does the same). */

@@ -7,12 +7,14 @@ import { chmodSync, mkdirSync, statSync, unlinkSync } from 'node:fs';
 import * as net from 'node:net';
 import * as path from 'node:path';
 import { AlreadyExists } from '../lib/errors.js';
+import { PROJECT_ROOT } from '../lib/project-root.js';
 import { CniCode, CniError } from './cni-error.js';
 import type { CniDeps } from './context.js';
 import { defaultHostDeps } from './host.js';
 import type { CniLogger } from './logger.js';
 import { handleCniRequest } from './skel.js';
 import { CURRENT_VERSION } from './versions.js';
+import { WarmPool } from './warm-pool.js';
 import { encodeResponse, RequestDecoder } from './wire.js';
 
 export const DEFAULT_CNI_SOCKET = '/run/podvirt/cni.sock';
@@ -24,6 +26,11 @@ export interface CniServerOptions {
   deps?: Partial<CniDeps>;
   /** A request that has not arrived completely within this time is dropped. */
   readTimeoutMs?: number;
+  /**
+   * Directory with podvirt-netns-park.so and podvirt-exec-park for the warm process pool
+   * (cni/warm-pool.ts). Defaults to dist/cni of this package; null disables the pool.
+   */
+  helperDir?: string | null;
 }
 
 export interface CniServer {
@@ -45,7 +52,10 @@ function probe(socketPath: string): Promise<boolean> {
 /** Listens on `socketPath` (mode 0600, parent created 0700 if missing); a stale socket is replaced, a live one is an error. */
 export async function startCniServer(opts: CniServerOptions): Promise<CniServer> {
   const { socketPath, logger } = opts;
-  const deps: CniDeps = { ...defaultHostDeps, delegateVersions: new Map(), ...opts.deps };
+  const helperDir = opts.helperDir === undefined ? path.join(PROJECT_ROOT, 'dist/cni') : opts.helperDir;
+  const warm = helperDir ? new WarmPool({ parkLib: path.join(helperDir, 'podvirt-netns-park.so'), execPark: path.join(helperDir, 'podvirt-exec-park') }) : undefined;
+  const pool = warm?.enabled ? warm : undefined;
+  const deps: CniDeps = { ...defaultHostDeps, delegateVersions: new Map(), ...(pool ? { pool } : {}), ...opts.deps };
   mkdirSync(path.dirname(socketPath), { recursive: true, mode: 0o700 });
   let exists = false;
   try {
@@ -71,6 +81,7 @@ export async function startCniServer(opts: CniServerOptions): Promise<CniServer>
     sock.on('error', () => undefined);
     sock.on('end', () => {
       sock.setTimeout(0);
+      pool?.busy();
       const req = dec.finish();
       const work = (async () => {
         let bytes: Buffer;
@@ -92,7 +103,10 @@ export async function startCniServer(opts: CniServerOptions): Promise<CniServer>
         sock.destroy();
       });
       inFlight.add(work);
-      void work.finally(() => inFlight.delete(work));
+      void work.finally(() => {
+        inFlight.delete(work);
+        if (inFlight.size === 0) pool?.idleSoon();
+      });
     });
   });
   await new Promise<void>((resolve, reject) => {
@@ -103,11 +117,13 @@ export async function startCniServer(opts: CniServerOptions): Promise<CniServer>
     });
   });
   chmodSync(socketPath, 0o600);
-  logger.info({ socket: socketPath }, 'CNI server listening');
+  pool?.start();
+  logger.info({ socket: socketPath, warmPool: pool !== undefined }, 'CNI server listening');
   return {
     async stop() {
       const closed = new Promise<void>((resolve) => server.close(() => resolve()));
       await Promise.allSettled([...inFlight]);
+      pool?.stop();
       for (const s of sockets) s.destroy();
       await closed;
       try {

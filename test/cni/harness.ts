@@ -30,7 +30,7 @@ export class CniHarness {
 
   async start(): Promise<void> {
     execFileSync(process.execPath, [path.join(PROJECT_ROOT, 'hack/build-cni.mjs'), this.bin], { stdio: ['ignore', 'ignore', 'inherit'] });
-    this.server = await startCniServer({ socketPath: this.socket, logger: stderrLogger('error') });
+    this.server = await startCniServer({ socketPath: this.socket, logger: stderrLogger('error'), helperDir: this.bin });
     this.links.add(this.bridge);
   }
 
