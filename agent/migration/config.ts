@@ -89,7 +89,7 @@ const quantity = z.union([z.string(), z.number()]);
  * The `migration:` block of a VM spec and the migration config file share these keys.
  * Strict: a misspelt key is an error that names it, not a silently ignored setting.
  */
-const overridesSchema = z
+export const migrationOverridesSchema = z
   .object({
     maxBandwidth: quantity,
     downtimeLimit: quantity,
@@ -106,12 +106,12 @@ const overridesSchema = z
   .partial()
   .strict();
 
-export type MigrationOverrides = z.input<typeof overridesSchema>;
+export type MigrationOverrides = z.input<typeof migrationOverridesSchema>;
 
 /** Applies one layer of overrides (spec block, config file or flags) onto `base`; errors name the field. */
 export function applyMigrationOverrides(base: MigrationConfig, raw: unknown, where: string): MigrationConfig {
   if (raw === undefined || raw === null) return base;
-  const r = overridesSchema.safeParse(raw);
+  const r = migrationOverridesSchema.safeParse(raw);
   if (!r.success) {
     const issue = r.error.issues[0]!;
     const key = issue.path.length ? `${where}.${issue.path.join('.')}` : where;

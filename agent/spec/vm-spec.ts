@@ -2,6 +2,7 @@ import { parse as parseYaml } from 'yaml';
 import { z } from 'zod';
 import { InvalidArgument } from '../../lib/errors.js';
 import { quantityBytes } from './quantity.js';
+import { migrationOverridesSchema } from '../migration/config.js';
 
 /** The pod annotation holding the VM spec (YAML or JSON). */
 export const SPEC_ANNOTATION = 'vm.podvirt.io/spec';
@@ -77,6 +78,8 @@ const specSchema = z
     serial: z.enum(['console', 'none']).default('console'),
     /** Free PCIe root ports kept for hotplug. */
     hotplugPorts: z.number().int().min(0).max(16).default(4),
+    /** Live-migration tuning (docs/migration.md); the keys of agent/migration/config.ts. */
+    migration: migrationOverridesSchema.optional(),
   })
   .superRefine((s, ctx) => {
     const dup = (list: { name: string }[], field: string) => {

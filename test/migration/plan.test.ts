@@ -3,6 +3,7 @@ import { DEFAULT_MIGRATION_CONFIG, applyMigrationOverrides, parseByteQuantity, p
 import { GiB, UNCAPPED_BANDWIDTH, planMigration, sourceCleanupSteps, type MigrationPlanInput } from '../../agent/migration/plan.js';
 import { decideNext, initialDecideState, type DecideLimits, type ProgressSample } from '../../agent/migration/decide.js';
 import { InvalidArgument } from '../../lib/errors.js';
+import { parseVmSpec } from '../../agent/spec/index.js';
 
 const cfg = (o: Partial<MigrationConfig> = {}): MigrationConfig => ({ ...DEFAULT_MIGRATION_CONFIG, tls: false, ...o });
 const input = (o: Partial<MigrationPlanInput> = {}): MigrationPlanInput => ({
@@ -50,6 +51,13 @@ describe('migration config', () => {
     assert.equal(c.tls, true);
     assert.equal(c.progressTimeoutS, 150);
     assert.equal(c.completionTimeoutPerGiBS, 150);
+  });
+  it("the VM spec's migration: block is validated with the spec and feeds a layer", () => {
+    const spec = parseVmSpec('cpus: 1\nmemory: 128Mi\nkernel: /k\nmigration:\n  maxBandwidth: 2Gi\n  postCopy: false\n');
+    const c = resolveMigrationConfig([{ where: 'spec.migration', value: spec.migration }]);
+    assert.equal(c.maxBandwidth, 2 * GiB);
+    assert.equal(c.postCopy, false);
+    assert.throws(() => parseVmSpec('cpus: 1\nmemory: 128Mi\nkernel: /k\nmigration:\n  bandwidth: 2Gi\n'), (e: Error) => e instanceof InvalidArgument && /migration/.test(e.message));
   });
   it('layers apply in order: file, spec block, flags', () => {
     const c = resolveMigrationConfig([
