@@ -597,17 +597,14 @@ export class TemplateSet {
     const [head, ...rest] = cmd as [Operand, ...Operand[]];
     if (head.o === 'ident') {
       const name = head.name;
-      // and/or evaluate lazily, as Go (1.18+) does.
+      // and/or return the deciding operand like Go, but evaluate every operand: Go before 1.18
+      // (helm before 3.9) did not short-circuit, so a template relying on it breaks there.
       if (name === 'and' || name === 'or') {
-        const thunks: (() => Value)[] = rest.map((a) => () => this.operand(a, sc, where));
-        if (piped !== NONE) thunks.push(() => piped);
-        if (thunks.length < 2) throw new TemplateError(`${where}: ${name} needs at least two arguments`);
-        let v: Value = null;
-        for (const t of thunks) {
-          v = t();
-          if (name === 'and' ? !truthy(v) : truthy(v)) return v;
-        }
-        return v;
+        const vals = rest.map((a) => this.operand(a, sc, where));
+        if (piped !== NONE) vals.push(piped);
+        if (vals.length < 2) throw new TemplateError(`${where}: ${name} needs at least two arguments`);
+        for (const v of vals) if (name === 'and' ? !truthy(v) : truthy(v)) return v;
+        return vals[vals.length - 1];
       }
       const fn = this.fns[name];
       if (!fn) throw new TemplateError(`${where}: function ${JSON.stringify(name)} is outside the supported subset`);

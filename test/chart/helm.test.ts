@@ -1,6 +1,6 @@
 import { strict as assert } from 'node:assert';
 import { execFile } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { promisify } from 'node:util';
@@ -9,6 +9,8 @@ import { PROJECT_ROOT } from '../../lib/project-root.js';
 import { skipBecause } from '../helpers/skip.js';
 import { validateManifest } from './k8s-validate.js';
 import { CHART_DIR, render, type Manifest, type RenderOptions } from './render-chart.js';
+import { CASES as EVALUATOR_CASES } from './go-template-cases.js';
+import { GoStruct } from './go-template.js';
 
 const run = promisify(execFile);
 
@@ -92,7 +94,8 @@ describe('chart: real helm lint and helm template (where helm is installed)', fu
     it(`helm template (${tc.name}) validates and equals what the test renderer produces`, async function () {
       if (!helm) skipBecause(this, 'no helm on PATH or in .cache/helm');
       const valuesFile = path.join(dir, `${tc.name.replace(/\W+/g, '-')}.yaml`);
-      writeFileSync(valuesFile, stringify(tc.opts.values ?? {}));
+      // YAML 1.1 quoting, as helm reads values files with YAML 1.1 rules ("y" would be a bool).
+      writeFileSync(valuesFile, stringify(tc.opts.values ?? {}, { version: '1.1' }));
       const args = ['template', tc.opts.releaseName ?? 'podvirt', CHART_DIR, '--namespace', tc.opts.namespace ?? 'podvirt', '-f', valuesFile];
       // A fixed cluster version: helm's default is the one it was built against.
       args.push('--kube-version', '1.30.0');
@@ -107,4 +110,30 @@ describe('chart: real helm lint and helm template (where helm is installed)', fu
       for (const m of ours) assert.deepEqual(fromHelm.find((h) => key(h) === key(m)), m, key(m));
     });
   }
+
+  it("the Go-template evaluator's own table of cases renders the same in real helm", async function () {
+    if (!helm) skipBecause(this, 'no helm on PATH or in .cache/helm');
+    const hasStruct = (v: unknown): boolean =>
+      v instanceof GoStruct || (typeof v === 'object' && v !== null && Object.values(v).some(hasStruct));
+    const cases = EVALUATOR_CASES.filter((c) => !hasStruct(c.data));
+    assert.ok(cases.length >= 30);
+    // One chart: each case is a define rendered through include with its data as the root,
+    // carried out of helm as a JSON string so that any text survives the YAML round trip.
+    const chart = path.join(dir, 'cases');
+    mkdirSync(path.join(chart, 'templates'), { recursive: true });
+    writeFileSync(path.join(chart, 'Chart.yaml'), 'apiVersion: v2\nname: cases\nversion: 0.1.0\n');
+    writeFileSync(path.join(chart, 'values.yaml'), stringify(Object.fromEntries(cases.map((c, i) => [`c${i}`, c.data ?? {}])), { version: '1.1' }));
+    writeFileSync(
+      path.join(chart, 'templates', '_cases.tpl'),
+      cases.map((c, i) => `${c.defs ?? ''}{{ define "c${i}" }}${c.src}{{ end }}`).join('\n'),
+    );
+    writeFileSync(
+      path.join(chart, 'templates', 'cases.yaml'),
+      `apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: cases\ndata:\n${cases.map((_, i) => `  c${i}: {{ include "c${i}" .Values.c${i} | toJson }}\n`).join('')}`,
+    );
+    const { stdout } = await run(helm as string, ['template', 'cases', chart], { timeout: 60_000 });
+    const cm = parseAllDocuments(stdout).map((d) => d.toJS() as Manifest | null).find((m) => m?.kind === 'ConfigMap') as { data: Record<string, string> };
+    const mismatches = cases.flatMap((c, i) => (cm.data[`c${i}`] === c.want ? [] : [`${c.name}: helm gave ${JSON.stringify(cm.data[`c${i}`])}, expected ${JSON.stringify(c.want)}`]));
+    assert.deepEqual(mismatches, []);
+  });
 });
