@@ -126,7 +126,16 @@ export async function buildVmRuntime(c: ComposeConfig): Promise<VmRuntime> {
   return new VmCoreRuntime({ stateDir: c.stateDir, runDir: c.runDir, procRoot: c.procRoot, sysRoot: c.sysRoot, devRoot: c.devRoot, log: c.log.child({ part: 'vm' }) });
 }
 
-export async function buildMigration(c: ComposeConfig): Promise<MigrationHandoff | undefined> {
-  void c;
-  return undefined;
+/**
+ * Migration between agents: on when this agent has an address the other nodes' agents can reach
+ * (`--migration-address`, default the downward-API `$POD_IP`, which is the node IP with hostNetwork).
+ */
+export async function buildMigration(c: ComposeConfig & { migrationAddress: string | undefined }, runtime: VmRuntime): Promise<MigrationHandoff | undefined> {
+  const { VmCoreRuntime } = await import('./vm-core-runtime.js');
+  if (!c.migrationAddress || !(runtime instanceof VmCoreRuntime)) {
+    c.log.warn('no --migration-address (or $POD_IP): migrations into or out of this node are disabled');
+    return undefined;
+  }
+  const { KubeMigration } = await import('./kube-migration.js');
+  return new KubeMigration({ runtime, controlAddress: c.migrationAddress, log: c.log.child({ part: 'migration' }) });
 }

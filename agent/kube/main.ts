@@ -14,6 +14,7 @@ export const CLUSTER_AGENT_USAGE = `usage: podvirt agent [--node-name NODE] [--k
                      [--metrics-addr [HOST]:PORT] [--cni-bin-dir DIR] [--kubelet-dir DIR]
                      [--device-plugin-config FILE] [--csi-endpoint unix:///PATH] [--csi-state-dir DIR]
                      [--disable SERVER[,SERVER...]] [--stop-timeout SECONDS] [--no-node-labels]
+                     [--migration-address IP]
        podvirt agent --local ...   (local mode; see podvirt agent --local --help)
 SERVER: device-plugin, csi, cni, dhcp, cni-install`;
 
@@ -32,6 +33,7 @@ export async function main(argv: string[]): Promise<number> {
     'csi-state-dir': { type: 'string' },
     disable: { type: 'string', default: '' },
     'stop-timeout': { type: 'string', default: '30' },
+    'migration-address': { type: 'string' },
     'no-node-labels': { type: 'boolean' },
     'proc-root': { type: 'string', default: '/proc' },
     'sys-root': { type: 'string', default: '/sys' },
@@ -66,9 +68,10 @@ export async function main(argv: string[]): Promise<number> {
     devRoot: f['dev-root'],
     disabled,
     log,
+    migrationAddress: f['migration-address'] ?? process.env.POD_IP,
   };
   const runtime = await buildVmRuntime(cfg);
-  const migration = await buildMigration(cfg);
+  const migration = await buildMigration(cfg, runtime);
   const agent = new ClusterAgent({
     kc,
     node,

@@ -137,9 +137,13 @@ export class PodReconciler {
       await this.fail(key, pod, 'InvalidSpec', errorMessage(e), false);
       return;
     }
+    // Until the kubelet reports the container running (and the pod its IP), there is nothing to
+    // join; that status update re-queues the pod.
+    const containerId = computeContainerId(pod);
+    if (!containerId) return;
     let sandbox: DiscoveredSandbox;
     try {
-      sandbox = await this.d.discover(uid, computeContainerId(pod));
+      sandbox = await this.d.discover(uid, containerId);
     } catch (e) {
       // The kubelet has not started the container yet: expected, quiet retry.
       this.d.log.debug({ pod: key, err: errorMessage(e) }, 'pod sandbox not found yet');
@@ -234,6 +238,7 @@ export class PodReconciler {
       let outcome;
       try {
         outcome = await this.d.migration!.migrateOut(key, req, (p) => {
+          this.d.onMigrationProgress?.(key, p);
           void this.d.writer.annotate(ref, { [ANN_MIGRATION]: JSON.stringify({ target: req.target, ...p }) }).catch(() => undefined);
         });
       } catch (e) {

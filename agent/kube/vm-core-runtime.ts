@@ -89,6 +89,27 @@ export class VmCoreRuntime implements VmRuntime {
   }
 
   async start(t: VmTarget): Promise<VmReport> {
+    return this.launch(t, false);
+  }
+
+  /** A migration target: QEMU from the source's recorded topology with `-incoming defer`, pinned, paused. */
+  async startIncoming(t: VmTarget): Promise<VmController> {
+    await this.launch(t, true);
+    return this.vms.get(t.key)!.vm;
+  }
+
+  /** The uid/gid QEMU runs as in this pod. */
+  runAs(pod: V1Pod): { uid: number; gid: number } {
+    const uid = pod.spec?.securityContext?.runAsUser ?? this.o.defaultUid ?? 107;
+    return { uid, gid: pod.spec?.securityContext?.runAsGroup ?? uid };
+  }
+
+  /** The VM's run dir on the node (QEMU-owned; migration credentials go below it). */
+  runDirOf(pod: V1Pod): string {
+    return this.dirs(pod.metadata!.uid!).run;
+  }
+
+  private async launch(t: VmTarget, incoming: boolean): Promise<VmReport> {
     const input = podVmInput(t.pod);
     const uid = t.pod.metadata!.uid!;
     const pid = t.sandbox.pid;
@@ -100,10 +121,10 @@ export class VmCoreRuntime implements VmRuntime {
     }
     const environ = await fs.readFile(path.join(this.procRoot, String(pid), 'environ'), 'utf8').catch(() => '');
     const dirs = this.dirs(uid);
-    await fs.mkdir(dirs.state, { recursive: true, mode: 0o700 });
     // QEMU (the pod's uid) must traverse to its own run dir, which the VM core creates and chowns.
     await fs.mkdir(path.dirname(dirs.run), { recursive: true, mode: 0o755 });
     await fs.chmod(path.dirname(dirs.run), 0o755);
+    await fs.mkdir(dirs.state, { recursive: true, mode: 0o700 });
     const spec = { ...input.spec, ...(input.spec.kernel ? { kernel: inPod(input.spec.kernel) } : {}), ...(input.spec.initrd ? { initrd: inPod(input.spec.initrd) } : {}) };
     const facts: PodFacts = {
       vmName: t.pod.metadata!.name!,
@@ -119,10 +140,10 @@ export class VmCoreRuntime implements VmRuntime {
       runDir: dirs.run,
       ...(t.topology !== undefined ? { topology: t.topology } : {}),
     };
-    const plan = planVm(spec, facts);
-    const runAs = t.pod.spec?.securityContext?.runAsUser ?? this.o.defaultUid ?? 107;
-    const runGroup = t.pod.spec?.securityContext?.runAsGroup ?? runAs;
-    const vm = await VmController.start(this.controllerOpts(t), plan, { cgroupDirs: t.sandbox.cgroup.procs, netns: t.sandbox.netns, uid: runAs, gid: runGroup });
+    if (incoming && t.topology === undefined) throw new FailedPrecondition('a migration target needs the source VM\'s recorded topology');
+    const plan = planVm(spec, facts, { incoming });
+    const { uid: runAs, gid: runGroup } = this.runAs(t.pod);
+    const vm = await VmController.start(this.controllerOpts(t), plan, { cgroupDirs: t.sandbox.cgroup.procs, netns: t.sandbox.netns, uid: runAs, gid: runGroup }, { cont: !incoming });
     this.track(t.key, uid, vm);
     return this.reportOf(vm, t);
   }

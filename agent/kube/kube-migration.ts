@@ -1,0 +1,151 @@
+/**
+ * Live migration between two nodes' agents, composed from the migration driver (agent/migration:
+ * TargetSide, SourceSide) and the VM core runtime.
+ *
+ * Target node (the target pod landed here): start QEMU from the source's recorded topology with
+ * `-incoming defer` inside the target pod, pinned to the target's cpuset; open the driver's
+ * control endpoint on `controlAddress`; publish the request (endpoint, id, token) on the source
+ * pod; wait until the VM runs here. QEMU listens for RAM on the target pod's IP (the migration
+ * network attachment's, when the pod names one with `vm.podvirt.io/migration-network`), so the
+ * stream goes pod to pod, never through the agents.
+ * Source node: on the request, run the driver's source half on the VM's QMP.
+ */
+import * as path from 'node:path';
+import type { V1Pod } from '@kubernetes/client-node';
+import { FailedPrecondition, errorMessage } from '../../lib/errors.js';
+import type { Logger } from '../../lib/log.js';
+import { DEFAULT_MIGRATION_CONFIG, type MigrationConfig } from '../migration/config.js';
+import { newMigrationToken } from '../migration/control.js';
+import type { MigrationProgress as DriverProgress } from '../migration/progress.js';
+import { SourceSide } from '../migration/source.js';
+import { TargetSide } from '../migration/target.js';
+import type { VmCoreRuntime } from './vm-core-runtime.js';
+import type { MigrationHandoff, MigrationOutcome, MigrationProgress, MigrationRequest, VmReport, VmTarget } from './vm-runtime.js';
+
+export const ANN_MIGRATION_NETWORK = 'vm.podvirt.io/migration-network';
+const NETWORK_STATUS = 'k8s.v1.cni.cncf.io/network-status';
+
+export interface KubeMigrationOptions {
+  runtime: VmCoreRuntime;
+  /** Address of this agent's control endpoint, reachable from the other nodes' agents (the node IP). */
+  controlAddress: string;
+  config?: MigrationConfig;
+  log: Logger;
+  /** How long a target waits for the source to finish. */
+  timeoutMs?: number;
+}
+
+/** Where the target QEMU listens: the migration attachment's IP, else the pod IP (pure). */
+export function migrationAddressOf(pod: V1Pod): string {
+  const nad = pod.metadata?.annotations?.[ANN_MIGRATION_NETWORK];
+  if (nad) {
+    let status: Array<{ name?: string; ips?: string[] }> = [];
+    try {
+      status = JSON.parse(pod.metadata?.annotations?.[NETWORK_STATUS] ?? '[]') as typeof status;
+    } catch {
+      /* below */
+    }
+    const full = nad.includes('/') ? nad : `${pod.metadata?.namespace ?? 'default'}/${nad}`;
+    const ip = status.find((s) => s.name === full || s.name === nad)?.ips?.[0];
+    if (!ip) throw new FailedPrecondition(`migration network ${nad} has no address on pod ${pod.metadata?.name} (${NETWORK_STATUS})`);
+    return ip;
+  }
+  const ip = pod.status?.podIP;
+  if (!ip) throw new FailedPrecondition(`target pod ${pod.metadata?.name} has no IP yet`);
+  return ip;
+}
+
+function toProgress(p: DriverProgress): MigrationProgress {
+  const pct = p.bytesTotal > 0 ? Math.min(100, Math.round((100 * (p.bytesTotal - p.bytesRemaining)) / p.bytesTotal)) : undefined;
+  return {
+    phase: p.phase,
+    ...(pct !== undefined ? { percent: p.phase === 'Completed' ? 100 : pct } : {}),
+    transferredBytes: p.bytesTransferred,
+    remainingBytes: p.bytesRemaining,
+    ...(p.downtimeMs !== undefined ? { downtimeMs: p.downtimeMs } : {}),
+    ...(p.totalTimeMs !== undefined ? { totalTimeMs: p.totalTimeMs } : {}),
+  };
+}
+
+export class KubeMigration implements MigrationHandoff {
+  private readonly config: MigrationConfig;
+  constructor(private readonly o: KubeMigrationOptions) {
+    this.config = o.config ?? DEFAULT_MIGRATION_CONFIG;
+  }
+
+  async migrateInto(target: VmTarget, source: string, ask: (r: MigrationRequest) => Promise<void>, progress: (p: MigrationProgress) => void): Promise<VmReport> {
+    const address = migrationAddressOf(target.pod);
+    const vm = await this.o.runtime.startIncoming(target);
+    const migrationId = `${target.pod.metadata!.uid!.slice(0, 8)}${Date.now().toString(36)}`;
+    const token = newMigrationToken();
+    const runDir = this.o.runtime.runDirOf(target.pod);
+    const owner = this.o.runtime.runAs(target.pod);
+    const side = new TargetSide({
+      migrationId,
+      token,
+      qmp: vm.qmp,
+      migrationAddress: address,
+      localDiskNodes: [],
+      postCopySupported: false,
+      tlsWorkDir: path.join(runDir, '..', `${path.basename(runDir)}-mig-ca`),
+      tlsQemuDir: path.join(runDir, 'mig-tls'),
+      qemuOwner: owner,
+      log: this.o.log,
+    });
+    try {
+      const port = await side.listen(this.o.controlAddress, 0);
+      const done = new Promise<void>((resolve, reject) => {
+        side.once('resumed', () => resolve());
+        side.once('failed', (why: string) => reject(new FailedPrecondition(`migration failed: ${why}`)));
+      });
+      side.on('status', (status: string) => progress({ phase: status }));
+      await ask({ migrationId, target: target.key, control: { host: this.o.controlAddress, port }, token, tlsHostname: `${migrationId}.migration.podvirt.io` });
+      progress({ phase: 'requested' });
+      let timer: NodeJS.Timeout | undefined;
+      const timeout = new Promise<never>((_, reject) => {
+        timer = setTimeout(() => reject(new FailedPrecondition(`migration from ${source} did not finish within ${(this.o.timeoutMs ?? 900_000) / 1000} s`)), this.o.timeoutMs ?? 900_000);
+      });
+      try {
+        await Promise.race([done, timeout]);
+      } finally {
+        clearTimeout(timer);
+      }
+      const report = await this.o.runtime.report(target.key);
+      if (!report) throw new FailedPrecondition('target VM vanished after the migration');
+      return { ...report, netns: target.sandbox.netns, cgroup: target.sandbox.cgroup.display };
+    } catch (e) {
+      this.o.log.warn({ pod: target.key, err: errorMessage(e) }, 'incoming migration failed; stopping the target VM');
+      await this.o.runtime.stop(target.key, 1000).catch(() => undefined);
+      throw e;
+    } finally {
+      await side.close().catch(() => undefined);
+    }
+  }
+
+  async migrateOut(key: string, req: MigrationRequest, progress: (p: MigrationProgress) => void): Promise<MigrationOutcome> {
+    const vm = this.o.runtime.controller(key);
+    if (!vm) throw new FailedPrecondition(`no running VM for ${key} on this node`);
+    const side = new SourceSide({
+      migrationId: req.migrationId,
+      token: req.token,
+      control: req.control,
+      qmp: vm.qmp,
+      config: this.config,
+      memoryBytes: vm.topology.memoryBytes,
+      disks: [],
+      postCopySupported: false,
+      tlsHostname: req.tlsHostname,
+      tlsQemuDir: path.join(vm.stateSnapshot.runDir, `mig-tls-${req.migrationId}`),
+      qemuOwner: { uid: vm.stateSnapshot.sandbox.uid, gid: vm.stateSnapshot.sandbox.gid },
+      log: this.o.log,
+    });
+    side.on('progress', (p: DriverProgress) => progress(toProgress(p)));
+    const r = await side.run();
+    return {
+      outcome: r.outcome,
+      ...(r.reason ? { reason: r.reason } : {}),
+      ...(r.downtimeMs !== undefined ? { downtimeMs: r.downtimeMs } : {}),
+      ...(r.totalTimeMs !== undefined ? { totalTimeMs: r.totalTimeMs } : {}),
+    };
+  }
+}
