@@ -132,7 +132,7 @@ describe('chart: real helm lint and helm template (where helm is installed)', fu
       `apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: cases\ndata:\n${cases.map((_, i) => `  c${i}: {{ include "c${i}" .Values.c${i} | toJson }}\n`).join('')}`,
     );
     const { stdout } = await run(helm as string, ['template', 'cases', chart], { timeout: 60_000 });
-    const cm = parseAllDocuments(stdout).map((d) => d.toJS() as Manifest | null).find((m) => m?.kind === 'ConfigMap') as { data: Record<string, string> };
+    const cm = parseAllDocuments(stdout).map((d) => d.toJS() as Manifest | null).find((m) => m?.kind === 'ConfigMap') as unknown as { data: Record<string, string> };
     const mismatches = cases.flatMap((c, i) => (cm.data[`c${i}`] === c.want ? [] : [`${c.name}: helm gave ${JSON.stringify(cm.data[`c${i}`])}, expected ${JSON.stringify(c.want)}`]));
     assert.deepEqual(mismatches, []);
   });
