@@ -10,7 +10,11 @@ echo "== typecheck"; npx --no-install tsc -p tsconfig.json --noEmit || fail=1
 echo "== lint"; npx --no-install eslint . || fail=1
 echo "== tests"
 out=$(mktemp)
-npx --no-install mocha "$@" 2>&1 | tee "$out"
+# Spec files live here, not in .mocharc.json, so `npx mocha FILE` runs just that file.
+if (($#)); then specs=("$@"); else
+  specs=('test/**/*.test.ts' 'lib/**/*.test.ts' 'agent/**/*.test.ts' 'plugins/**/*.test.ts' 'csi/**/*.test.ts' 'cni/**/*.test.ts')
+fi
+npx --no-install mocha "${specs[@]}" 2>&1 | tee "$out"
 rc=${PIPESTATUS[0]}
 summary=$(grep -E '^[0-9]+ passed, [0-9]+ failed' "$out" | tail -1)
 rm -f "$out"
