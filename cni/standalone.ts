@@ -16,7 +16,11 @@ function readStdin(): Buffer {
       n = readSync(0, buf, len, buf.length - len, null);
     } catch (e) {
       const code = (e as NodeJS.ErrnoException).code;
-      if (code === 'EAGAIN') continue;
+      if (code === 'EAGAIN') {
+        // A non-blocking stdin with nothing yet: wait a little instead of spinning.
+        Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 2);
+        continue;
+      }
       if (code === 'EOF' || code === 'EBADF') break;
       throw new CniError(CniCode.IoFailure, 'failed to read the network config from stdin', String(e));
     }

@@ -17,6 +17,7 @@ APT_PACKAGES=(
   busybox-static cpio kmod                      # the test guest's initramfs
   iproute2 iputils-ping procps psmisc util-linux e2fsprogs xfsprogs fuse3
   gcc libc6-dev                                 # the CNI shim
+  python3                                       # CNI tests: a VM-side tap client (ARP over the tap)
   shellcheck                                    # lint of hack/install-on-cluster.sh (test/chart)
 )
 missing=()

@@ -194,6 +194,29 @@ describe('podvirt-cni on real netns, veth, bridges and taps (host-local IPAM)', 
     });
   }
 
+  for (const transport of ['shim+server', 'bundle'] as Transport[]) {
+    it(`a netns bind-mounted outside /run/netns works (${transport})`, async () => {
+      const ns = h.netns();
+      const file = path.join(h.dir, `ns-${transport === 'bundle' ? 'b' : 's'}`);
+      writeFileSync(file, '');
+      execFileSync('mount', ['--bind', `/run/netns/${ns}`, file]);
+      try {
+        const base = { config: h.config(), containerId: `bind-${transport.length}`, netns: file, ifname: 'net1' };
+        const add = await h.invoke(transport, { ...base, command: 'ADD' });
+        assert.equal(add.exitCode, 0, add.stdout);
+        assert.deepEqual(h.nsLinks(ns).sort(), ['net1', (add.result as unknown as Result).interfaces[3]?.name].sort());
+        const check = await h.invoke(transport, { ...base, config: { ...h.config(), prevResult: add.result }, command: 'CHECK' });
+        assert.equal(check.exitCode, 0, check.stdout);
+        const del = await h.invoke(transport, { ...base, command: 'DEL' });
+        assert.equal(del.exitCode, 0, del.stdout);
+        assert.deepEqual(h.nsLinks(ns), []);
+      } finally {
+        execFileSync('umount', [file]);
+      }
+      h.dropNetns(ns);
+    });
+  }
+
   it('20 parallel ADDs into different namespaces get distinct addresses; parallel DELs clean up', async () => {
     const nss = Array.from({ length: 20 }, () => h.netns());
     const before = h.reservations().length;
