@@ -71,6 +71,8 @@ export function buildArgv(a: ArgvInput): string[] {
     add('-boot', 'strict=on');
   }
 
+  // pvpanic (ISA, I/O port 0x505): a guest kernel panic becomes a GUEST_PANICKED event.
+  add('-device', json({ driver: 'pvpanic', id: 'pvpanic0', ioport: 0x505 }));
   for (const p of t.rootPorts) add('-device', json(rootPortProps(p)));
 
   const boot = bootDiskName(spec);

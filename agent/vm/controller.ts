@@ -279,7 +279,12 @@ export class VmController extends EventEmitter {
     if (this.exitReported) return;
     this.exitReported = true;
     const phase: VmPhase = this.phaseNow === 'ShuttingDown' || this.phaseNow === 'Stopped' ? 'Stopped' : 'Failed';
-    const reason = phase === 'Stopped' ? (this.reasonNow ?? 'shut down') : `QEMU exited unexpectedly: ${await logTail(this.state.logFile, 3)}`;
+    const reason =
+      phase === 'Stopped'
+        ? (this.reasonNow ?? 'shut down')
+        : this.phaseNow === 'Failed' && this.reasonNow
+          ? this.reasonNow
+          : `QEMU exited unexpectedly: ${await logTail(this.state.logFile, 3)}`;
     this.setPhase(phase, reason);
     this.emit('exit', { phase, reason });
   }
@@ -323,7 +328,7 @@ export class VmController extends EventEmitter {
     }
     return {
       name: this.state.name,
-      phase: alive ? this.phaseNow : this.phaseNow === 'Failed' ? 'Failed' : (this.phaseNow as VmPhase),
+      phase: this.phaseNow,
       reason: this.reasonNow,
       qemuPid: this.state.qemuPid,
       runState,

@@ -231,3 +231,67 @@ describe('agent-core: VmController with real QEMU (TCG, no guest OS) as non-root
     vm = undefined;
   });
 });
+
+describe('agent-core: VmController phases from QEMU events (real QEMU, TCG)', function () {
+  this.timeout(60_000);
+  let sb: CoreSandbox;
+  let plan: VmPlan;
+  let vm: VmController | undefined;
+  const stateDir = () => path.join(sb.dir, 'state');
+
+  before(async () => {
+    sb = await makeSandbox([0, 1]);
+    const spec = validateVmSpec({ cpus: 1, memory: '64Mi', accel: 'tcg', kernel: '/nonexistent', hotplugPorts: 0 });
+    plan = planVm(spec, {
+      vmName: 'phase-vm',
+      cpuset: [1],
+      numa: await readNumaFacts(),
+      volumes: {},
+      kvmUsable: false,
+      machineAliases: await qemuMachineAliases(),
+      runDir: path.join(sb.dir, 'run'),
+    });
+    // no guest kernel: QEMU sits in SeaBIOS
+    plan = { ...plan, argv: plan.argv.filter((a, i, all) => a !== '-kernel' && all[i - 1] !== '-kernel') };
+  });
+  afterEach(async () => {
+    if (vm) await vm.kill().catch(() => {});
+    vm = undefined;
+  });
+  after(async () => sb?.dispose());
+
+  const start = () => VmController.start({ name: 'phase-vm', stateDir: stateDir() }, plan, { cgroupDirs: sb.cgroupDirs, netns: sb.netnsPath, uid: QEMU_UID, gid: QEMU_GID });
+
+  it('a guest panic (pvpanic) turns the phase to Failed with the reason kept through exit', async () => {
+    vm = await start();
+    const exit = new Promise<{ phase: string; reason: string }>((r) => vm!.once('exit', r));
+    const panicked = vm.qmp.waitEvent('GUEST_PANICKED', { timeoutMs: 5000 });
+    // what a panicking Linux guest does: write 1 to the pvpanic I/O port
+    await vm.qmp.execute('human-monitor-command', { 'command-line': 'o 0x505 1' });
+    // QEMU 7.2's default panic action is poweroff: QEMU exits and the pod would fail
+    assert.equal((await panicked.promise).data.action, 'poweroff');
+    const e = await exit;
+    assert.equal(e.phase, 'Failed');
+    assert.equal(e.reason, 'GUEST_PANICKED (poweroff)');
+    assert.equal((await vm.status()).phase, 'Failed');
+    assert.equal(await vm.isOurQemu(), false);
+    vm = undefined;
+  });
+
+  it('a host quit ends in Stopped; QEMU killed from outside ends in Failed', async () => {
+    vm = await start();
+    let exit = new Promise<{ phase: string; reason: string }>((r) => vm!.once('exit', r));
+    await vm.qmp.execute('quit').catch(() => {});
+    let e = await exit;
+    assert.equal(e.phase, 'Stopped');
+    assert.match(e.reason, /SHUTDOWN \(host-qmp-quit\)/);
+    assert.equal((await vm.status()).phase, 'Stopped');
+    await vm.kill(); // idempotent cleanup of a gone VM
+    vm = await start();
+    exit = new Promise<{ phase: string; reason: string }>((r) => vm!.once('exit', r));
+    process.kill(vm.qemuPid, 'SIGKILL');
+    e = await exit;
+    assert.equal(e.phase, 'Failed');
+    assert.match(e.reason, /QEMU exited unexpectedly/);
+  });
+});
