@@ -9,7 +9,7 @@ const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 const run = (cmd, args) => execFileSync(cmd, args, { cwd: root, stdio: 'inherit' });
 
 run(process.execPath, [join(root, 'node_modules/typescript/bin/tsc'), '-p', 'tsconfig.build.json']);
-for (const bin of ['dist/bin/podvirt.js', 'dist/bin/podvirt-cni.js']) {
+for (const bin of ['dist/bin/podvirt.js', 'dist/bin/podvirt-cni.js', 'dist/bin/kubectl-podvirt.js']) {
   if (existsSync(join(root, bin))) chmodSync(join(root, bin), 0o755);
 }
 
