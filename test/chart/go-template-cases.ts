@@ -50,3 +50,30 @@ export const CASES: EvaluatorCase[] = [
   { name: 'struct method with an argument', src: '{{ if .Cap.Has "a/v1" }}yes{{ end }}', data: { Cap: new GoStruct({ Has: (s: unknown) => s === 'a/v1' }) }, want: 'yes' },
   { name: 'paren sub-pipeline', src: '{{ (default "x" .a) | quote }}', data: { a: '' }, want: '"x"' },
 ];
+
+export interface RefusalCase {
+  name: string;
+  src: string;
+  data?: unknown;
+  want: RegExp;
+  /** Go/helm fails on it too (otherwise it is only outside the evaluator's subset). */
+  goFails: boolean;
+}
+
+// Outside the subset or invalid in Go: the evaluator must refuse, not guess.
+export const REFUSALS: RefusalCase[] = [
+  { name: 'unknown function', src: '{{ sha256sum "x" }}', want: /function "sha256sum" is outside the supported subset/, goFails: false },
+  { name: 'field of nil', src: '{{ .Values.a.b }}', data: { Values: {} }, want: /nil pointer evaluating interface \{\}\.b/, goFails: true },
+  // Modern helm short-circuits `and`; helm before 3.9 fails here, so the evaluator refuses.
+  { name: 'relying on and short-circuiting (helm < 3.9 evaluates every operand)', src: '{{ if and .a .a.b }}T{{ end }}', data: { a: null }, want: /nil pointer evaluating/, goFails: false },
+  { name: 'missing struct field', src: '{{ .Release.Nme }}', data: { Release: new GoStruct({ Name: 'r' }) }, want: /can't evaluate field Nme/, goFails: true },
+  { name: 'numeric comparison (int vs float64 in Go)', src: '{{ eq .n 1 }}', data: { n: 1 }, want: /numeric comparison is outside the subset/, goFails: true },
+  { name: 'string vs bool comparison', src: '{{ eq "a" true }}', want: /incompatible types/, goFails: true },
+  { name: 'printing a map', src: '{{ .m }}', data: { m: { a: 1 } }, want: /printing a map directly/, goFails: false },
+  { name: 'template action', src: '{{ template "x" . }}', want: /outside the supported subset/, goFails: false },
+  { name: 'unclosed if', src: '{{ if .a }}x', want: /if without \{\{end\}\}/, goFails: true },
+  { name: 'stray end', src: 'x{{ end }}', want: /unexpected \{\{end\}\}/, goFails: true },
+  { name: 'argument to a non-function', src: '{{ .a "x" }}', data: { a: 'v' }, want: /can't give argument to non-function/, goFails: true },
+  { name: 'include of an undefined template', src: '{{ include "nope" . }}', want: /undefined template "nope"/, goFails: true },
+  { name: 'unterminated string', src: '{{ "abc }}', want: /unterminated string/, goFails: true },
+];

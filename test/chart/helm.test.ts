@@ -9,7 +9,7 @@ import { PROJECT_ROOT } from '../../lib/project-root.js';
 import { skipBecause } from '../helpers/skip.js';
 import { validateManifest } from './k8s-validate.js';
 import { CHART_DIR, render, type Manifest, type RenderOptions } from './render-chart.js';
-import { CASES as EVALUATOR_CASES } from './go-template-cases.js';
+import { CASES as EVALUATOR_CASES, REFUSALS } from './go-template-cases.js';
 import { GoStruct } from './go-template.js';
 
 const run = promisify(execFile);
@@ -135,5 +135,27 @@ describe('chart: real helm lint and helm template (where helm is installed)', fu
     const cm = parseAllDocuments(stdout).map((d) => d.toJS() as Manifest | null).find((m) => m?.kind === 'ConfigMap') as unknown as { data: Record<string, string> };
     const mismatches = cases.flatMap((c, i) => (cm.data[`c${i}`] === c.want ? [] : [`${c.name}: helm gave ${JSON.stringify(cm.data[`c${i}`])}, expected ${JSON.stringify(c.want)}`]));
     assert.deepEqual(mismatches, []);
+  });
+
+  it('what the evaluator refuses as a Go error, helm refuses too', async function () {
+    if (!helm) skipBecause(this, 'no helm on PATH or in .cache/helm');
+    const cases = REFUSALS.filter((c) => c.goFails && !(c.data && Object.values(c.data).some((v) => v instanceof GoStruct)));
+    assert.ok(cases.length >= 8);
+    const accepted: string[] = [];
+    for (const [i, c] of cases.entries()) {
+      const chart = path.join(dir, `refusal-${i}`);
+      mkdirSync(path.join(chart, 'templates'), { recursive: true });
+      writeFileSync(path.join(chart, 'Chart.yaml'), `apiVersion: v2\nname: refusal-${i}\nversion: 0.1.0\n`);
+      writeFileSync(path.join(chart, 'values.yaml'), stringify({ c: c.data ?? {} }, { version: '1.1' }));
+      writeFileSync(path.join(chart, 'templates', '_case.tpl'), `{{ define "c" }}${c.src}{{ end }}`);
+      writeFileSync(path.join(chart, 'templates', 'case.yaml'), 'apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: c\ndata:\n  out: {{ include "c" .Values.c | toJson }}\n');
+      try {
+        await run(helm as string, ['template', 'c', chart], { timeout: 60_000 });
+        accepted.push(c.name);
+      } catch {
+        /* refused, as expected */
+      }
+    }
+    assert.deepEqual(accepted, []);
   });
 });
