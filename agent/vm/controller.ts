@@ -271,7 +271,11 @@ export class VmController extends EventEmitter {
   private readonly pendingUnplug = new Set<string>();
 
   private async onQmpClosed(): Promise<void> {
-    if (await this.isOurQemu()) return; // the connection dropped, QEMU lives (release(), or a reconnect is due)
+    // QEMU closes its monitor a moment before it exits: give it time to go before deciding it lives on.
+    if (!(await this.waitGone(5_000))) {
+      this.log.warn('QMP connection dropped while QEMU still runs; status() reconnects on demand');
+      return;
+    }
     await this.reportExit();
   }
 
@@ -318,6 +322,7 @@ export class VmController extends EventEmitter {
     let vcpuThreads: VcpuThread[] = [];
     const alive = await this.isOurQemu();
     if (!alive) await this.reportExit();
+    if (alive && this.qmpClient && !this.qmpClient.isOpen) await this.qmpClient.reconnect().catch(() => {});
     if (alive && this.qmpClient?.isOpen) {
       try {
         runState = (await qmpc.queryStatus(this.qmpClient)).status;
