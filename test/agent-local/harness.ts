@@ -177,12 +177,13 @@ export class LocalEnv {
       /* agent unusable: the leftover checks below will say what is left */
     }
     for (const n of names) await this.cli(['stop', n, '--delete-volumes', '--timeout', '5'], { allowFailure: true });
-    await this.shutdownAgent();
+    const problems: string[] = [];
+    await this.shutdownAgent().catch((e: Error) => problems.push(e.message));
     await exec('ip', ['link', 'delete', this.bridge], { allowFailure: true });
     for (const root of ['/sys/fs/cgroup/cpuset', '/sys/fs/cgroup/memory']) {
       await fs.rmdir(path.join(root, this.cgroupParent)).catch(() => undefined);
     }
-    const left = await this.leftovers();
+    const left = [...problems, ...(await this.leftovers())];
     await fs.rm(this.dir, { recursive: true, force: true }).catch(() => undefined);
     assert.deepEqual(left, [], 'nothing left behind');
   }
