@@ -4,6 +4,7 @@ import { chmodSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, w
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { promisify } from 'node:util';
+import { parse } from 'yaml';
 import { PROJECT_ROOT } from '../../lib/project-root.js';
 import { skipBecause } from '../helpers/skip.js';
 
@@ -68,6 +69,18 @@ describe('hack/install-on-cluster.sh', function () {
       skipBecause(this, 'shellcheck is not installed (hack/setup.sh installs it)');
     }
     await run('shellcheck', [SCRIPT]);
+  });
+
+  it('its kind cluster config parses: two workers, static CPU manager, device ownership from the security context', () => {
+    const text = readFileSync(SCRIPT, 'utf8');
+    const m = /cat >"\$kind_config" <<'YAML'\n([\s\S]*?)\nYAML\n/.exec(text);
+    assert.ok(m, 'the kind config heredoc');
+    const cfg = parse(m[1] as string) as { kind: string; nodes: { role: string }[]; kubeadmConfigPatches: string[]; containerdConfigPatches: string[] };
+    assert.equal(cfg.kind, 'Cluster');
+    assert.deepEqual(cfg.nodes.map((n) => n.role), ['control-plane', 'worker', 'worker']);
+    const kubelet = parse(cfg.kubeadmConfigPatches[0] as string) as Record<string, unknown>;
+    assert.deepEqual(kubelet, { kind: 'KubeletConfiguration', cpuManagerPolicy: 'static', reservedSystemCPUs: '0' });
+    assert.match(cfg.containerdConfigPatches[0] as string, /^\[plugins\."io\.containerd\.grpc\.v1\.cri"\]\n\s+device_ownership_from_security_context = true$/);
   });
 
   it('--help prints the documented usage; an unknown option fails clearly', async () => {
