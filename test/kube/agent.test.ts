@@ -116,7 +116,7 @@ describe('podvirt agent in a cluster (fake API server, kubelet-like sandboxes)',
     tmp = await fs.mkdtemp(path.join(os.tmpdir(), 'pvt-kube-agent-'));
     // QEMU runs as the pod's uid: its run dir's parents must be traversable.
     await fs.chmod(tmp, 0o755);
-    api = new FakeApiServer({ bookmarkIntervalMs: 200 });
+    api = new FakeApiServer({ bookmarkIntervalMs: 200, gracefulPodDeletion: true });
     await api.start();
     core = api.kubeConfig().makeApiClient(CoreV1Api);
     api.createObject('nodes', {
@@ -257,11 +257,18 @@ describe('podvirt agent in a cluster (fake API server, kubelet-like sandboxes)',
     assert.equal((await events('vm1')).filter((e) => e.reason === 'Started').length, 1);
   });
 
-  it('pod deleted: the VM is shut down and its files removed', async function () {
+  it('pod deleted: the VM is shut down within the grace period, reported, and its files removed', async function () {
     if (condition('vm1')?.status !== 'True') skipBecause(this, 'needs the VM of the previous tests');
     const { qemuPid, consoleSocket } = JSON.parse(annotation('vm1', 'vm.podvirt.io/status')!) as { qemuPid: number; consoleSocket: string };
-    api.deleteObject('pods', 'default', 'vm1');
+    // kubectl delete: the pod gets a deletionTimestamp and stays while its containers stop.
+    await core.deleteNamespacedPod({ namespace: 'default', name: 'vm1' });
+    assert.ok((api.getObject('pods', 'default', 'vm1')?.metadata as { deletionTimestamp?: string }).deletionTimestamp);
     await until('QEMU gone', () => (alive(qemuPid) ? undefined : true), 30_000);
+    await until('Stopped reported on the terminating pod', () => (condition('vm1')?.reason === 'Stopped' ? true : undefined));
+    assert.equal(JSON.parse(annotation('vm1', 'vm.podvirt.io/status')!).phase, 'Stopped');
+    assert.ok((await events('vm1')).some((e) => e.reason === 'Stopped'));
+    // The kubelet finishes the deletion.
+    api.deleteObject('pods', 'default', 'vm1');
     await agent.reconciler.idle();
     assert.equal(existsSync(path.dirname(consoleSocket)), false, 'run dir removed');
     assert.equal(agent.reconciler.vms.has('default/vm1'), false);

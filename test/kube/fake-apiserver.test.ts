@@ -305,4 +305,28 @@ describe('fake API server (through @kubernetes/client-node)', function () {
     assert.match(ev.items[0]!.metadata!.name!, /^a\.[0-9a-f]{5}$/);
     assert.equal(api.listObjects('events', 'events.k8s.io').length, 0);
   });
+  it('graceful pod deletion and finalizers: deletionTimestamp first, gone on grace 0 or when the last finalizer goes', async () => {
+    const g = new FakeApiServer({ gracefulPodDeletion: true });
+    await g.start();
+    try {
+      const gc = g.kubeConfig().makeApiClient(CoreV1Api);
+      await gc.createNamespacedPod({ namespace: 'default', body: pod('a', 'n1') });
+      await gc.deleteNamespacedPod({ namespace: 'default', name: 'a' });
+      const terminating = await gc.readNamespacedPod({ namespace: 'default', name: 'a' });
+      assert.ok(terminating.metadata!.deletionTimestamp);
+      assert.equal(terminating.metadata!.deletionGracePeriodSeconds, 30);
+      // Status writes during the grace period keep the pod.
+      await gc.patchNamespacedPodStatus({ namespace: 'default', name: 'a', body: { status: { phase: 'Running' } } }, setHeaderOptions('Content-Type', PatchStrategy.MergePatch));
+      assert.ok(g.getObject('pods', 'default', 'a'));
+      await gc.deleteNamespacedPod({ namespace: 'default', name: 'a', gracePeriodSeconds: 0 });
+      assert.equal(g.getObject('pods', 'default', 'a'), undefined);
+      g.createObject('nodes', { metadata: { name: 'n', finalizers: ['x/y'] } });
+      await gc.deleteNode({ name: 'n' });
+      assert.ok(g.getObject('nodes', undefined, 'n'));
+      await gc.patchNode({ name: 'n', body: { metadata: { finalizers: null } } }, setHeaderOptions('Content-Type', PatchStrategy.MergePatch));
+      assert.equal(g.getObject('nodes', undefined, 'n'), undefined);
+    } finally {
+      await g.stop();
+    }
+  });
 });

@@ -350,7 +350,10 @@ export class FakeApiServer extends EventEmitter {
     meta(out).resourceVersion = this.nextRv();
     const key = objKey(r.namespaced ? ns : undefined, name);
     const m = meta(out);
-    if (m.deletionTimestamp && (!Array.isArray(m.finalizers) || m.finalizers.length === 0)) {
+    const hadFinalizers = Array.isArray(meta(cur).finalizers) && (meta(cur).finalizers as unknown[]).length > 0;
+    // The last finalizer removed from a deleting object completes the deletion (a pod in its
+    // grace period stays until deleted again with gracePeriodSeconds=0, as the kubelet does).
+    if (m.deletionTimestamp && hadFinalizers && (!Array.isArray(m.finalizers) || m.finalizers.length === 0)) {
       this.store.get(resKey(r))!.delete(key);
       this.record('DELETED', r, out, cur);
       return structuredClone(out);
