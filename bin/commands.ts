@@ -51,6 +51,10 @@ export const COMMANDS: Record<string, Command> = {
     summary: 'local mode: stop a VM pod and clean up (--delete-volumes also deletes its claims)',
     load: async () => (await import('../agent/local/main.js')).stopMain,
   },
+  migrate: {
+    summary: 'local mode: live-migrate a VM into a new local pod and follow it (--cancel stops it; --tls, tuning flags)',
+    load: async () => (await import('../agent/migration/main.js')).main,
+  },
   // agent/kube/main.ts runs the cluster agent and hands `--local` to agent/local/agent-main.ts.
   agent: {
     summary: 'node agent: in a cluster (DaemonSet); --local: the local-mode daemon that run/ps/status/stop talk to',

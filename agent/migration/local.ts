@@ -55,6 +55,8 @@ export interface LocalMigrationRecord {
  */
 export class LocalMigrations {
   private readonly running = new Map<string, { rec: LocalMigrationRecord; abort: AbortController; done: Promise<LocalMigrationRecord> }>();
+  /** The last finished migration per source pod, so a client polling for the end sees the result. */
+  private readonly finished = new Map<string, LocalMigrationRecord>();
   private readonly log: Logger;
 
   constructor(
@@ -68,20 +70,25 @@ export class LocalMigrations {
   /** Starts migrating pod `name`; resolves once it runs (poll {@link get}, or await {@link wait}). */
   async start(name: string, config: MigrationConfig): Promise<LocalMigrationRecord> {
     if (this.running.has(name)) throw new AlreadyExists(`pod ${name} is already migrating`);
+    this.finished.delete(name);
     const src = await this.host.source(name);
     const id = `mig-${randomBytes(4).toString('hex')}`;
     const rec: LocalMigrationRecord = { id, source: name, target: undefined, startedAt: new Date().toISOString(), progress: undefined, result: undefined };
     const abort = new AbortController();
     const done = this.follow(rec, src, config, abort.signal);
     this.running.set(name, { rec, abort, done });
-    void done.finally(() => this.running.delete(name));
+    void done.finally(() => {
+      this.running.delete(name);
+      this.finished.set(name, rec);
+    });
     return rec;
   }
 
+  /** The migration in progress, else the last finished one. */
   get(name: string): LocalMigrationRecord {
-    const r = this.running.get(name);
-    if (!r) throw new NotFound(`no migration of pod ${name} in progress`);
-    return r.rec;
+    const r = this.running.get(name)?.rec ?? this.finished.get(name);
+    if (!r) throw new NotFound(`no migration of pod ${name}`);
+    return r;
   }
 
   async wait(name: string): Promise<LocalMigrationRecord> {

@@ -46,12 +46,13 @@ export function renderBar(p: MigrationProgress, width = 100): string {
 }
 
 /** A progress sink for a stream: TTY → bar redrawn in place; anything else → JSON lines. */
-export function progressWriter(out: NodeJS.WritableStream & { isTTY?: boolean; columns?: number }): { update(p: MigrationProgress): void; end(): void } {
+export function progressWriter(out: NodeJS.WritableStream & { isTTY?: boolean; columns?: number }, opts: { json?: boolean } = {}): { update(p: MigrationProgress): void; end(): void } {
   let drawn = false;
+  const bar = out.isTTY === true && !opts.json;
   let last = '';
   return {
     update(p) {
-      if (out.isTTY) {
+      if (bar) {
         const line = renderBar(p, out.columns ?? 100);
         if (line === last) return;
         last = line;

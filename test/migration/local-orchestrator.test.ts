@@ -8,6 +8,7 @@ import { parse } from 'yaml';
 import { DEFAULT_MIGRATION_CONFIG } from '../../agent/migration/config.js';
 import { LocalMigrations, MIGRATE_FROM_ANNOTATION, targetManifest, type LocalMigrationHost } from '../../agent/migration/local.js';
 import type { MigrationProgress } from '../../agent/migration/progress.js';
+import { flagOverrides, main } from '../../agent/migration/main.js';
 import { fractionDone, formatBytes, progressWriter, renderBar } from '../../agent/migration/render.js';
 import { queryStatus } from '../../agent/qmp/index.js';
 import { activateTap } from '../../cni/activate.js';
@@ -81,8 +82,21 @@ describe('migration CLI rendering', () => {
     t.update(progress({ bytesTransferred: 5, bytesRemaining: 5 }));
     t.update(progress({ bytesTransferred: 5, bytesRemaining: 5 }));
     t.end();
+    const forced: string[] = [];
+    progressWriter(Object.assign({ write: (s: string) => forced.push(s) }, { isTTY: true }) as unknown as NodeJS.WritableStream, { json: true }).update(progress({}));
+    assert.equal(JSON.parse(forced[0]!).phase, 'PreCopy', '--json on a terminal still writes JSON lines');
     assert.equal(tty.length, 2, 'unchanged line not redrawn; newline at the end');
     assert.ok(tty[0]!.startsWith('\r\u001b[2K['));
+  });
+  it('flags become the top config layer; bad numbers are refused', () => {
+    assert.deepEqual(flagOverrides({ tls: true, 'max-bandwidth': '1Gi', multifd: '4', 'no-post-copy': true, 'downtime-limit': '50ms' }), {
+      tls: true,
+      maxBandwidth: '1Gi',
+      multifdChannels: 4,
+      postCopy: false,
+      downtimeLimit: '50ms',
+    });
+    assert.throws(() => flagOverrides({ multifd: 'many' }), /--multifd/);
   });
   it('target manifest: renamed, annotated with migrate-from, spec untouched', () => {
     const m = parse(targetManifest(MANIFEST, 'vm1', 'mig-0000abcd')) as { metadata: { name: string; annotations: Record<string, string> } };
@@ -274,3 +288,11 @@ class BareHost implements LocalMigrationHost {
   }
 }
 
+
+describe('podvirt migrate: argument checks before any agent is contacted', () => {
+  it('needs exactly one NAME, and --to can only name this node', async () => {
+    await assert.rejects(main([]), (e: Error & { kind?: string }) => e.kind === 'InvalidArgument' && /usage: podvirt migrate NAME/.test(e.message));
+    await assert.rejects(main(['vm1', '--to', 'some-other-node']), (e: Error & { kind?: string }) => e.kind === 'InvalidArgument' && /local mode has one node/.test(e.message));
+    await assert.rejects(main(['vm1', '--bogus']), (e: Error & { kind?: string }) => e.kind === 'InvalidArgument');
+  });
+});
