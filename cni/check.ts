@@ -20,11 +20,16 @@ interface IpLink {
   addr_info?: { local?: string; prefixlen?: number }[];
 }
 
+interface TcFilter {
+  options?: { actions?: { kind?: string; mirred_action?: string; to_dev?: string }[] };
+}
+
 const fail = (msg: string): CniError => new CniError(CHECK_FAILED, msg);
 
 /**
  * CHECK against prevResult: IPAM's own CHECK, the host veth on the right bridge, and inside the
- * netns the tap (kind, MAC, MTU, queues, owner) or the migration veth with its addresses.
+ * netns the tap (kind, MAC, MTU, queues, owner) with both redirects, or the migration veth with
+ * its addresses.
  */
 export async function cmdCheck(ctx: CniContext, conf: NetConf): Promise<void> {
   const prev = conf.prevResult;
@@ -60,6 +65,15 @@ export async function cmdCheck(ctx: CniContext, conf: NetConf): Promise<void> {
     if (conf.owner !== undefined && info.info_data.user !== conf.owner) throw fail(`tap ${ctx.ifname} owner differs from the config`);
     if (conf.group !== undefined && info.info_data.group !== conf.group) throw fail(`tap ${ctx.ifname} group differs from the config`);
     if (!links.some((l) => l.ifname === names.podVeth)) throw fail(`pod end ${names.podVeth} of the veth is missing`);
+    for (const [from, to] of [
+      [names.podVeth, ctx.ifname],
+      [ctx.ifname, names.podVeth],
+    ] as const) {
+      const [tcCmd, tcArgs] = inNetns(ctx.netns, 'tc', ['-j', 'filter', 'show', 'dev', from, 'ingress']);
+      const filters = JSON.parse((await ctx.deps.exec(tcCmd, tcArgs, { timeoutMs: 30_000 })).stdout || '[]') as TcFilter[];
+      const ok = filters.some((f) => f.options?.actions?.some((a) => a.kind === 'mirred' && a.mirred_action === 'redirect' && a.to_dev === to));
+      if (!ok) throw fail(`no redirect from ${from} to ${to} in ${ctx.netns}`);
+    }
   } else {
     if (info?.info_kind !== 'veth') throw fail(`interface ${ctx.ifname} is not a veth`);
     const have = new Set((link.addr_info ?? []).map((a) => `${a.local}/${a.prefixlen}`));

@@ -78,6 +78,13 @@ describe('podvirt-cni on real netns, veth, bridges and taps (host-local IPAM)', 
           } else {
             assert.equal(check.exitCode, 0, check.stdout + check.stderr);
           }
+          if (version === '1.1.0') {
+            // CHECK notices a broken datapath: the redirect from the tap to the veth removed.
+            execFileSync('tc', ['-n', ns, 'qdisc', 'del', 'dev', 'net1', 'ingress']);
+            const broken = await h.invoke(transport, { ...base, config: { ...conf, prevResult }, command: 'CHECK' });
+            assert.equal(broken.error?.code, 100, broken.stdout);
+            assert.match(broken.error?.msg ?? '', /redirect from net1/);
+          }
           for (let i = 0; i < 2; i++) {
             const del = await h.invoke(transport, { ...base, config: { ...conf, prevResult }, command: 'DEL' });
             assert.equal(del.exitCode, 0, del.stdout + del.stderr);
