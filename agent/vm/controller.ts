@@ -5,7 +5,8 @@ import { sleep } from '../../lib/backoff.js';
 import { DeadlineExceeded, FailedPrecondition, InvalidArgument, NotFound, Unavailable, errorMessage } from '../../lib/errors.js';
 import { readJsonIfExists, writeJsonAtomic } from '../../lib/fs-atomic.js';
 import { silentLogger, type Logger } from '../../lib/log.js';
-import { launcherCommand, type LaunchSandbox } from '../launch/launcher.js';
+import { findHostPid } from '../launch/host-pid.js';
+import { inPodLauncher, launcherCommand, type LaunchSandbox } from '../launch/launcher.js';
 import { logTail, spawnQemu } from '../launch/spawn.js';
 import { applyPins, checkPins, type PinReport, type VcpuThread } from '../pin/pinner.js';
 import { blockdevNodes, diskDeviceProps, driveNodeName, fileNodeName, netdevId, netdevProps, nicDeviceProps } from '../plan/devices.js';
@@ -68,8 +69,14 @@ export interface VmControllerOptions {
 export interface StartOptions {
   /** Resume the guest after pinning (the plan starts QEMU with -S). Default true. */
   cont?: boolean;
-  /** Override the launcher argv (in-cluster variant); default `launcherCommand(plan.argv, sandbox)`. */
+  /** Override the launcher argv (e.g. to wrap it); default `launcherCommand(plan.argv, sandbox)`. */
   launcherArgv?: string[];
+  /**
+   * In-cluster variant: enter every namespace of `targetPid` (a process of the pod) with
+   * `inPodLauncher`; `sandbox.netns` is then ignored. `hostPath` maps a path as QEMU sees it
+   * in the pod (run dir, sockets, pid file) to the agent's view (default: the same path).
+   */
+  inPod?: { targetPid: number; hostPath?: (podPath: string) => string };
 }
 
 /** A disk to hotplug: its backing file or block device, as QEMU sees it. */
@@ -122,22 +129,26 @@ export class VmController extends EventEmitter {
 
   /** Launches QEMU (paused), connects QMP, pins vCPUs, then resumes the guest. Kills QEMU if any step fails. */
   static async start(opts: VmControllerOptions, plan: VmPlan, sandbox: LaunchSandbox, so: StartOptions = {}): Promise<VmController> {
-    const runDir = path.dirname(plan.paths.qmpSocket);
+    const host = so.inPod?.hostPath ?? ((p: string) => p);
+    const runDir = host(path.dirname(plan.paths.qmpSocket));
+    const launcher = so.inPod
+      ? inPodLauncher(plan.argv, so.inPod.targetPid, { cgroupDirs: sandbox.cgroupDirs, uid: sandbox.uid, gid: sandbox.gid })
+      : (so.launcherArgv ?? launcherCommand(plan.argv, sandbox));
     const spawned = await spawnQemu({
       qemuArgv: plan.argv,
       sandbox,
       runDir,
-      staleFiles: [plan.paths.qmpSocket, plan.paths.pidFile, ...(plan.paths.serialSocket ? [plan.paths.serialSocket] : [])],
-      argv: so.launcherArgv ?? launcherCommand(plan.argv, sandbox),
+      staleFiles: [plan.paths.qmpSocket, plan.paths.pidFile, ...(plan.paths.serialSocket ? [plan.paths.serialSocket] : [])].map(host),
+      argv: launcher,
     });
     const state: VmState = {
       version: 1,
       name: opts.name,
       qemuPid: spawned.pid,
-      qmpSocket: plan.paths.qmpSocket,
-      serialSocket: plan.paths.serialSocket,
-      serialLog: plan.paths.serialLog,
-      pidFile: plan.paths.pidFile,
+      qmpSocket: host(plan.paths.qmpSocket),
+      serialSocket: plan.paths.serialSocket && host(plan.paths.serialSocket),
+      serialLog: plan.paths.serialLog && host(plan.paths.serialLog),
+      pidFile: host(plan.paths.pidFile),
       logFile: spawned.logFile,
       runDir,
       sandbox,
@@ -147,17 +158,38 @@ export class VmController extends EventEmitter {
       startedAt: new Date().toISOString(),
     };
     const vm = new VmController(opts, state);
-    vm.childExited = spawned.exited;
     let exitedEarly: string | undefined;
-    void spawned.exited.then(async (r) => {
-      exitedEarly = `QEMU exited (${r.signal ?? `code ${r.code}`}): ${await logTail(spawned.logFile)}`;
+    const stopWatch = new AbortController();
+    let exited: Promise<unknown>;
+    if (so.inPod) {
+      // nsenter forks into the pod's pid namespace and exits once QEMU runs in the background:
+      // QEMU's host pid comes from its pid file (pod-namespace pid) through NSpid.
+      const r = await Promise.race([spawned.exited, sleep(15_000).then(() => undefined)]);
+      if (!r || r.code !== 0) {
+        throw new FailedPrecondition(`in-pod launcher failed (${r ? (r.signal ?? `code ${r.code}`) : 'timeout'}): ${await logTail(spawned.logFile)}`);
+      }
+      try {
+        const nsPid = await waitForPidFile(state.pidFile, opts.connectTimeoutMs ?? 15_000);
+        const hostPid = await findHostPid(nsPid, so.inPod.targetPid, opts.procRoot);
+        if (!hostPid) throw new FailedPrecondition(`QEMU (pid ${nsPid} in the pod) not found from the host`);
+        state.qemuPid = hostPid;
+      } catch (e) {
+        throw new FailedPrecondition(`QEMU did not come up in the pod: ${errorMessage(e)}: ${await logTail(spawned.logFile)}`, { cause: e });
+      }
+      exited = vm.pollGone(stopWatch.signal);
+    } else {
+      vm.childExited = spawned.exited;
+      exited = spawned.exited;
+    }
+    void exited.then(async () => {
+      if (!stopWatch.signal.aborted) exitedEarly = `QEMU exited: ${await logTail(spawned.logFile)}`;
     });
     const dialing = new AbortController();
-    void spawned.exited.then(() => dialing.abort());
+    void exited.then(() => dialing.abort());
     try {
       const qmp = await Promise.race([
-        QmpClient.connect(plan.paths.qmpSocket, { connectTimeoutMs: opts.connectTimeoutMs ?? 15_000, signal: dialing.signal }),
-        spawned.exited.then(async () => {
+        QmpClient.connect(state.qmpSocket, { connectTimeoutMs: opts.connectTimeoutMs ?? 15_000, signal: dialing.signal }),
+        exited.then(async () => {
           await sleep(20); // let the exit handler read the log
           throw new FailedPrecondition(exitedEarly ?? 'QEMU exited during start');
         }),
@@ -167,16 +199,27 @@ export class VmController extends EventEmitter {
       await applyPins(qmp, state.qemuPid, plan.pins, { procRoot: opts.procRoot });
       if (so.cont !== false) await qmpc.cont(qmp);
       vm.setPhase(so.cont === false ? 'Paused' : 'Running', 'started');
+      stopWatch.abort();
       return vm;
     } catch (e) {
       vm.log.error({ err: errorMessage(e) }, 'start failed; killing QEMU');
       await vm.kill().catch(() => {});
       await fs.rm(path.join(opts.stateDir, STATE_FILE), { force: true });
       // If QEMU died on its own, its log says why better than a refused QMP connection does.
-      if (!exitedEarly) await Promise.race([spawned.exited, sleep(500)]).then(() => sleep(20));
+      if (!exitedEarly) await Promise.race([exited, sleep(500)]).then(() => sleep(20));
+      stopWatch.abort();
       if (exitedEarly && !(e instanceof FailedPrecondition)) throw new FailedPrecondition(exitedEarly, { cause: e });
       throw e;
     }
+  }
+
+  /** Resolves once QEMU is gone (polling /proc; for QEMUs that are not our children). */
+  private async pollGone(signal: AbortSignal): Promise<void> {
+    while (!signal.aborted) {
+      if (!(await this.isOurQemu())) return;
+      await sleep(50, signal);
+    }
+    await new Promise(() => {}); // stopped watching: never resolves
   }
 
   /**
@@ -311,7 +354,8 @@ export class VmController extends EventEmitter {
       const stat = await fs.readFile(path.join(procRoot, String(this.state.qemuPid), 'stat'), 'utf8');
       if (/^\d+ \(.*\) Z /.test(stat)) return false;
       const cmdline = (await fs.readFile(path.join(procRoot, String(this.state.qemuPid), 'cmdline'), 'utf8')).split('\0');
-      return cmdline.some((a) => a.includes(this.state.qmpSocket));
+      const qmpArg = this.state.argv[this.state.argv.indexOf('-qmp') + 1] ?? this.state.qmpSocket;
+      return cmdline.includes(qmpArg);
     } catch {
       return false;
     }
@@ -554,5 +598,16 @@ function phaseOf(s: qmpc.RunState): VmPhase {
       return 'Failed';
     default:
       return 'Unknown';
+  }
+}
+
+async function waitForPidFile(file: string, timeoutMs: number): Promise<number> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const text = await fs.readFile(file, 'utf8').catch(() => '');
+    const pid = Number(text.trim());
+    if (Number.isInteger(pid) && pid > 0) return pid;
+    if (Date.now() > deadline) throw new DeadlineExceeded(`no pid in ${file} after ${timeoutMs} ms`);
+    await sleep(20);
   }
 }

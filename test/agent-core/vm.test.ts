@@ -1,4 +1,5 @@
 import { strict as assert } from 'node:assert';
+import { spawn } from 'node:child_process';
 import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
 import { DeadlineExceeded, FailedPrecondition, InvalidArgument } from '../../lib/errors.js';
@@ -293,5 +294,59 @@ describe('agent-core: VmController phases from QEMU events (real QEMU, TCG)', fu
     e = await exit;
     assert.equal(e.phase, 'Failed');
     assert.match(e.reason, /QEMU exited unexpectedly/);
+  });
+});
+
+describe('agent-core: in-cluster launch into an existing pod’s namespaces (real pid/net/mount namespaces)', function () {
+  this.timeout(60_000);
+  let sb: CoreSandbox;
+  let plan: VmPlan;
+  let vm: VmController | undefined;
+  let pod: ReturnType<typeof spawn> | undefined;
+  let podInit = 0;
+
+  before(async () => {
+    sb = await makeSandbox([0, 1]);
+    // the "pod": its own pid, net and mount namespaces, held by a sleeping init
+    pod = spawn('unshare', ['--pid', '--fork', '--mount-proc', '--net', '--kill-child', '--', 'sleep', '600'], { stdio: 'ignore' });
+    podInit = await waitFor(
+      async () => {
+        const kids = (await fs.readFile(`/proc/${pod!.pid}/task/${pod!.pid}/children`, 'utf8').catch(() => '')).trim();
+        return kids ? Number(kids.split(/\s+/)[0]) : undefined;
+      },
+      { timeoutMs: 5000, what: 'pod init' },
+    );
+    const spec = validateVmSpec({ cpus: 2, memory: '64Mi', accel: 'tcg', kernel: '/nonexistent', hotplugPorts: 1 });
+    const p = planVm(spec, { vmName: 'pod-vm', cpuset: [0, 1], numa: await readNumaFacts(), volumes: {}, kvmUsable: false, machineAliases: await qemuMachineAliases(), runDir: path.join(sb.dir, 'run') });
+    plan = { ...p, argv: p.argv.filter((a, i, all) => a !== '-kernel' && all[i - 1] !== '-kernel') };
+  });
+  after(async () => {
+    if (vm) await vm.kill().catch(() => {});
+    if (podInit) process.kill(podInit, 'SIGKILL');
+    pod?.kill('SIGKILL');
+    await sb?.dispose();
+  });
+
+  it('runs QEMU inside the pod (pid, net, mount namespaces and cgroup), finds its host pid, pins it, kills it', async () => {
+    vm = await VmController.start({ name: 'pod-vm', stateDir: path.join(sb.dir, 'state') }, plan, { cgroupDirs: sb.cgroupDirs, uid: QEMU_UID, gid: QEMU_GID }, { inPod: { targetPid: podInit } });
+    const pid = vm.qemuPid;
+    const st = await procStatus(pid);
+    assert.equal(st.Name, 'qemu-system-x86');
+    assert.equal(st.NSpid!.split(/\s+/).length, 2, 'QEMU lives in a nested pid namespace');
+    assert.equal(st.Uid!.split(/\s+/)[0], String(QEMU_UID));
+    assert.equal(st.CapEff, '0000000000000000');
+    for (const ns of ['pid', 'net', 'mnt', 'ipc', 'uts']) {
+      assert.equal(await fs.readlink(`/proc/${pid}/ns/${ns}`), await fs.readlink(`/proc/${podInit}/ns/${ns}`), `${ns} namespace`);
+    }
+    assert.match(await fs.readFile(`/proc/${pid}/cgroup`, 'utf8'), new RegExp(`:cpuset:/${sb.id}\\n`));
+    // re-parented to the pod's init: no launcher of ours is left
+    assert.equal(Number(st.PPid), podInit);
+    const s = await vm.status();
+    assert.equal(s.phase, 'Running');
+    assert.deepEqual(s.vcpuThreads.map((t) => t.cpus), [[0], [1]]);
+    assert.ok(s.vcpuThreads.every((t) => t.tid !== pid && alive(t.tid)));
+    await vm.kill();
+    assert.equal(alive(pid), false);
+    vm = undefined;
   });
 });
