@@ -114,6 +114,8 @@ export class PodReconciler {
     if (have && (!want || have.uid !== pod.metadata?.uid)) {
       this.clearRetry(key);
       if (have.state === 'running') await this.stopVm(key, pod?.metadata?.uid === have.uid ? pod : undefined);
+      // An ended VM still has files on the node (run dir, state): the runtime's stop removes them.
+      else await this.d.runtime.stop(key, 1000).catch((e: unknown) => this.d.log.warn({ pod: key, err: errorMessage(e) }, 'cleanup failed'));
       this.vms.delete(key);
     }
     if (!want) {

@@ -300,4 +300,23 @@ describe('podvirt agent in a cluster (fake API server, kubelet-like sandboxes)',
     assert.match(m, /podvirt_agent_watch_restarts_total [1-9]/);
     assert.match(m, /podvirt_vm_failures_total 3/);
   });
+  it('a VM that dies is reported within seconds: VMReady=False (Failed), status annotation, Warning event', async function () {
+    if (!existsSync(path.join(guest, 'vmlinuz'))) skipBecause(this, 'test guest not built (hack/setup.d/20-test-guest.sh)');
+    await runPod('vm2', vmSpec());
+    await until('vm2 running', () => (condition('vm2')?.status === 'True' ? true : undefined), 60_000);
+    const { qemuPid } = JSON.parse(annotation('vm2', 'vm.podvirt.io/status')!) as { qemuPid: number };
+    process.kill(qemuPid, 'SIGKILL');
+    const c = await until('VMReady=False after the crash', () => (condition('vm2')?.status === 'False' ? condition('vm2') : undefined), 15_000);
+    assert.equal(c!.reason, 'Failed');
+    assert.equal(JSON.parse(annotation('vm2', 'vm.podvirt.io/status')!).phase, 'Failed');
+    assert.ok((await events('vm2')).some((e) => e.type === 'Warning' && e.reason === 'Failed' && /exited|killed/.test(e.message!)), JSON.stringify((await events('vm2')).map((e) => e.message)));
+    // Not restarted behind the user's back: the pod keeps saying what happened.
+    await agent.reconciler.idle();
+    assert.equal(agent.reconciler.vms.get('default/vm2')?.state, 'exited');
+    // Deleting the pod then removes what the dead VM left on the node.
+    const uid = (api.getObject('pods', 'default', 'vm2') as V1Pod).metadata!.uid!;
+    assert.ok(existsSync(path.join(tmp, 'run', 'vms', uid)));
+    api.deleteObject('pods', 'default', 'vm2');
+    await until('vm2 files removed', () => (existsSync(path.join(tmp, 'run', 'vms', uid)) || existsSync(path.join(tmp, 'state', 'vms', uid)) ? undefined : true));
+  });
 });
