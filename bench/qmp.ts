@@ -34,8 +34,10 @@ async function rawSession(sockPath: string) {
       w?.(line);
     }
   });
-  const next = () => new Promise<string>((r) => (waiter = r));
-  await next(); // greeting
+  let failed: Error | undefined;
+  sock.on('error', (e) => (failed = e));
+  const next = () => new Promise<string>((r, j) => (failed ? j(failed) : (waiter = r)));
+  await Promise.race([next(), new Promise((_, j) => sock.once('error', j))]); // greeting
   const rt = async (cmd: string) => {
     const p = next();
     sock.write(cmd);
