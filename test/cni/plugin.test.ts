@@ -290,6 +290,8 @@ describe('podvirt-cni on real netns, veth, bridges and taps (host-local IPAM)', 
       { name: 'unknown CNI_COMMAND', env: { CNI_COMMAND: 'FROB' }, code: 4, msg: /FROB/ },
       { name: 'CHECK with a 0.3.1 config', config: { cniVersion: '0.3.1' }, command: 'CHECK', code: 1 },
       { name: 'netns that does not exist', env: { CNI_NETNS: '/run/netns/pvt-cni-does-not-exist' }, code: 3 },
+      { name: "the plugin's own netns", env: { CNI_NETNS: '/proc/self/ns/net' }, code: 8 },
+      { name: 'netns path with a space', env: { CNI_NETNS: '/run/netns/a b' }, code: 4 },
     ];
     let ns = '';
     before(() => {
