@@ -2,11 +2,12 @@
  * Local-mode node agent benchmark, in one run on this host:
  *   1. start to guest marker: `podvirt run` (agent already up) → PODVIRT-GUEST-READY on the serial
  *      log, against bare `qemu-system-x86_64` with the same guest, machine, memory and vCPUs,
- *      interleaved so both see the same host load; minimal VM and a VM with a CSI disk + CNI tap
- *      (bare: raw file disk + user-mode NIC);
+ *      interleaved so both see the same host load. A pinned VM has only its pod's CPUs, so the
+ *      fair baseline is bare QEMU with the same CPU budget: taskset onto the pod's CPU for a 1-CPU
+ *      pod, unconstrained (2 CPUs here) for a pod with isolateEmulatorThread;
  *   2. memory per VM beyond QEMU's own RSS: the agent's RSS growth per VM plus helper processes
  *      started for the VM (qemu-storage-daemon per volume);
- *   3. QMP round trip (`query-status`) on a running VM.
+ *   3. QMP round trip (`query-status`), and the agent's status round trip over its control socket.
  *
  *   npx tsx bench/agent.ts [rounds=3]
  */
@@ -15,6 +16,7 @@ import { promises as fs, existsSync } from 'node:fs';
 import * as path from 'node:path';
 import { LocalEnv, GUEST_INITRD, GUEST_KERNEL, type Status } from '../test/agent-local/harness.js';
 import { QmpClient } from '../agent/qmp/client.js';
+import { callControl } from '../agent/local/control.js';
 import { PROJECT_ROOT } from '../lib/project-root.js';
 import { sleep } from '../lib/backoff.js';
 
@@ -31,33 +33,43 @@ async function waitMarker(log: string, t0: number, timeoutMs = 120_000): Promise
   }
 }
 
-async function bare(dir: string, withDevices: boolean): Promise<number> {
+async function bare(dir: string, withDevices: boolean, cpus?: number[], qmp?: (sock: string) => Promise<void>): Promise<number> {
   const log = path.join(dir, `bare-${Date.now()}.log`);
+  const sock = path.join(dir, 'bare-qmp.sock');
   const args = ['-machine', 'q35', '-accel', 'tcg', '-cpu', 'max', '-m', '128', '-smp', '1', '-nodefaults', '-display', 'none',
-    '-kernel', GUEST_KERNEL, '-initrd', GUEST_INITRD, '-append', CMDLINE, '-serial', `file:${log}`];
+    '-kernel', GUEST_KERNEL, '-initrd', GUEST_INITRD, '-append', CMDLINE, '-serial', `file:${log}`, '-qmp', `unix:${sock},server=on,wait=off`];
   if (withDevices) {
     const disk = path.join(dir, 'bare-disk.img');
     if (!existsSync(disk)) execFileSync('qemu-img', ['create', '-f', 'raw', disk, '32M'], { stdio: 'ignore' });
     args.push('-drive', `file=${disk},format=raw,if=none,id=d0`, '-device', 'virtio-blk-pci,drive=d0', '-netdev', 'user,id=n0', '-device', 'virtio-net-pci,netdev=n0');
   }
+  const argv = cpus ? ['taskset', '-c', cpus.join(','), 'qemu-system-x86_64', ...args] : ['qemu-system-x86_64', ...args];
   const t0 = performance.now();
-  const child = spawn('qemu-system-x86_64', args, { stdio: 'ignore' });
+  const child = spawn(argv[0]!, argv.slice(1), { stdio: 'ignore' });
   try {
-    return await waitMarker(log, t0);
+    const ms = await waitMarker(log, t0);
+    if (qmp) await qmp(sock);
+    return ms;
   } finally {
     child.kill('SIGKILL');
     await new Promise((r) => child.once('exit', r));
+    await fs.rm(log, { force: true });
   }
 }
 
-async function local(env: LocalEnv, name: string, withDevices: boolean): Promise<{ ms: number; st: Status }> {
+/** `podvirt run` → marker: the serial log's path is fixed, so it is watched from the moment `run` is typed. */
+async function local(env: LocalEnv, name: string, o: { devices: boolean; isolate: boolean }): Promise<{ ms: number; runMs: number; st: Status }> {
   const file = path.join(env.dir, `${name}.yaml`);
-  await fs.writeFile(file, env.manifest({ name, cpus: 1, network: withDevices, blockClaims: withDevices ? { data: '32Mi' } : {} }));
+  await fs.writeFile(
+    file,
+    env.manifest({ name, cpus: 1, network: o.devices, blockClaims: o.devices ? { data: '32Mi' } : {}, spec: o.isolate ? { isolateEmulatorThread: true } : {} }),
+  );
   const t0 = performance.now();
+  const marker = waitMarker(path.join(env.runDir, name, 'vm', 'serial.log'), t0);
   await env.cli(['run', file]);
-  const st = await env.status(name);
-  const ms = await waitMarker(st.serialLog, t0);
-  return { ms, st };
+  const runMs = performance.now() - t0;
+  const ms = await marker;
+  return { ms, runMs, st: await env.status(name) };
 }
 
 async function rssKiB(pid: number): Promise<number> {
@@ -89,23 +101,31 @@ async function main(): Promise<void> {
     await env.cli(['stop', 'warm', '--timeout', '2']);
     const agentPid = Number((await fs.readFile(path.join(env.runDir, 'agent.pid'), 'utf8')).trim());
 
-    for (const withDevices of [false, true]) {
+    const cases = [
+      { what: 'minimal VM, 1 exclusive CPU vs bare QEMU on that CPU (taskset)', devices: false, isolate: false, pinBare: true },
+      { what: 'minimal VM, isolateEmulatorThread (2 CPUs) vs bare QEMU unconstrained', devices: false, isolate: true, pinBare: false },
+      { what: 'VM with CSI disk + CNI NIC, isolateEmulatorThread vs bare (file disk, user NIC)', devices: true, isolate: true, pinBare: false },
+    ];
+    for (const c of cases) {
       const b: number[] = [];
       const l: number[] = [];
+      const ret: number[] = [];
       for (let i = 0; i < ROUNDS; i++) {
-        b.push(await bare(env.dir, withDevices));
-        const name = `b${withDevices ? 'd' : 'm'}${i}`;
-        l.push((await local(env, name, withDevices)).ms);
-        await env.cli(['stop', name, '--timeout', '2', '--delete-volumes']);
+        const name = `b${cases.indexOf(c)}x${i}`;
+        const r = await local(env, name, c);
+        l.push(r.ms);
+        ret.push(r.runMs);
+        await env.cli(['stop', name, '--timeout', '1', '--delete-volumes']);
+        b.push(await bare(env.dir, c.devices, c.pinBare ? r.st.cpus : undefined));
       }
-      const what = withDevices ? 'start → marker, VM with disk + NIC' : 'start → marker, minimal VM';
-      rows.push([what, `${(median(l) / 1000).toFixed(2)} s`, `${(median(b) / 1000).toFixed(2)} s`, `${(median(l) / median(b)).toFixed(3)} (goal ≤ 1.05)`]);
+      rows.push([`start → marker: ${c.what}`, `${(median(l) / 1000).toFixed(2)} s`, `${(median(b) / 1000).toFixed(2)} s`, `${(median(l) / median(b)).toFixed(3)} (goal ≤ 1.05)`]);
+      rows.push(['  of which `podvirt run` until it returns (CLI + orchestration + QEMU start + pins)', `${(median(ret) / 1000).toFixed(2)} s`, '-', '-']);
     }
 
     // Memory: agent RSS idle, then with two VMs (disk + NIC each); helpers = qsd processes of their volumes.
     const idle = await rssKiB(agentPid);
     const vms: Status[] = [];
-    for (const n of ['m0', 'm1']) vms.push((await local(env, n, true)).st);
+    for (const n of ['m0', 'm1']) vms.push((await local(env, n, { devices: true, isolate: false })).st);
     await sleep(2000);
     const busy = await rssKiB(agentPid);
     let helpers = 0;
@@ -116,20 +136,26 @@ async function main(): Promise<void> {
     rows.push(['memory per VM beyond QEMU RSS (agent growth + helpers)', `${(perVm / 1024).toFixed(1)} MiB`, `QEMU RSS ${(qemu / 1024).toFixed(0)} MiB`, `goal ≤ 10 MiB`]);
     rows.push(['  of which helper processes (qemu-storage-daemon per volume)', `${(helpers / vms.length / 1024).toFixed(1)} MiB`, '-', '-']);
 
-    // QMP round trip on a running VM (its socket is the VM controller's; the agent lets go briefly).
-    const q = await QmpClient.connect(vms[0]!.qmpSocket).catch(() => undefined);
-    if (q) {
-      const t: number[] = [];
+    // QMP round trip (the protocol the VM controller speaks; measured on a bare QEMU, whose monitor is free),
+    // and the agent's status round trip (control socket → QMP query-status + query-cpus-fast + pin check).
+    const rt: number[] = [];
+    await bare(env.dir, false, undefined, async (sock) => {
+      const q = await QmpClient.connect(sock);
       for (let i = 0; i < 300; i++) {
-        const s = performance.now();
+        const s0 = performance.now();
         await q.execute('query-status');
-        t.push(performance.now() - s);
+        rt.push(performance.now() - s0);
       }
       q.close();
-      rows.push(['QMP query-status round trip p50 / p99', `${median(t).toFixed(2)} / ${pct(t, 99).toFixed(2)} ms`, '-', '-']);
-    } else {
-      rows.push(['QMP query-status round trip', 'n/a (monitor held by the VM controller)', '-', '-']);
+    });
+    rows.push(['QMP query-status round trip p50 / p99', `${median(rt).toFixed(2)} / ${pct(rt, 99).toFixed(2)} ms`, '-', '-']);
+    const sr: number[] = [];
+    for (let i = 0; i < 50; i++) {
+      const s0 = performance.now();
+      await callControl(path.join(env.runDir, 'agent.sock'), 'GET', `/pods/${vms[0]!.name}`);
+      sr.push(performance.now() - s0);
     }
+    rows.push(['agent status round trip (control socket) p50 / p99', `${median(sr).toFixed(2)} / ${pct(sr, 99).toFixed(2)} ms`, '-', '-']);
     rows.push(['cold `podvirt run` incl. agent start (minimal VM, to return)', `${(warm / 1000).toFixed(2)} s`, '-', '-']);
   } finally {
     await env.dispose();

@@ -1,6 +1,7 @@
 import { strict as assert } from 'node:assert';
 import { promises as fs } from 'node:fs';
 import { execText, exec } from '../../lib/exec.js';
+import { formatCpuList } from '../../lib/sysfs.js';
 import { skipBecause } from '../helpers/skip.js';
 import { LocalEnv, GUEST_KERNEL, allowedCpus, type Status } from './harness.js';
 import { existsSync } from 'node:fs';
@@ -125,10 +126,14 @@ describe('agent-local: a VM pod through local mode (TCG)', function () {
     assert.equal(JSON.stringify(st.topology), topo1, 'recorded topology replayed');
   });
 
-  it('survives an agent restart: the VM is untouched and re-adopted with its pins verified', async () => {
+  it('survives an agent restart: the VM is untouched and re-adopted, a drifted vCPU re-pinned', async () => {
     const before = st;
     await env.shutdownAgent();
     assert.doesNotThrow(() => process.kill(before.qemuPid, 0), 'QEMU still alive without an agent');
+    // Something moves a vCPU while no agent watches: the next agent must notice and re-pin.
+    const moved = before.vcpuThreads[0]!;
+    await exec('taskset', ['-pc', before.cpus.join(','), String(moved.tid)]);
+    assert.equal(await allowedCpus(before.qemuPid, moved.tid), formatCpuList(before.cpus));
     const from = await env.logSize(before.serialLog);
     await env.waitSerial(before.serialLog, /tick \d+/, 10_000, from);
     const after = await env.status(name); // starts the agent again, which re-adopts
