@@ -16,10 +16,21 @@ import { PROJECT_ROOT } from '../../lib/project-root.js';
 export type Transport = 'shim+server' | 'bundle';
 
 export class CniHarness {
-  readonly dir = mkdtempSync(path.join(tmpdir(), 'pvt-cni-'));
-  readonly bin = path.join(this.dir, 'bin');
-  readonly socket = path.join(this.dir, 'cni.sock');
-  readonly dataDir = path.join(this.dir, 'ipam');
+  // Made in start() (a before hook), not at load time: mocha loads files whose tests it then skips.
+  private tmp: string | undefined;
+  get dir(): string {
+    if (!this.tmp) throw new Error('CniHarness.start() has not run');
+    return this.tmp;
+  }
+  get bin(): string {
+    return path.join(this.dir, 'bin');
+  }
+  get socket(): string {
+    return path.join(this.dir, 'cni.sock');
+  }
+  get dataDir(): string {
+    return path.join(this.dir, 'ipam');
+  }
   readonly tag = randomBytes(3).toString('hex');
   /** A /24 unlikely to collide with other helpers' tests. */
   readonly subnetBase = `10.${200 + (randomBytes(1)[0] ?? 0) % 50}.${randomBytes(1)[0] ?? 0}`;
@@ -29,6 +40,7 @@ export class CniHarness {
   private links = new Set<string>();
 
   async start(): Promise<void> {
+    this.tmp = mkdtempSync(path.join(tmpdir(), 'pvt-cni-'));
     execFileSync(process.execPath, [path.join(PROJECT_ROOT, 'hack/build-cni.mjs'), this.bin], { stdio: ['ignore', 'ignore', 'inherit'] });
     this.server = await startCniServer({ socketPath: this.socket, logger: stderrLogger('error'), helperDir: this.bin });
     this.links.add(this.bridge);
@@ -112,6 +124,6 @@ export class CniHarness {
       }
     }
     await this.server?.stop();
-    rmSync(this.dir, { recursive: true, force: true });
+    if (this.tmp) rmSync(this.tmp, { recursive: true, force: true });
   }
 }

@@ -21,12 +21,16 @@ function roundTrip(socket: string, bytes: Buffer): Promise<string> {
 }
 
 describe('cni server socket', () => {
-  const dir = mkdtempSync(path.join(tmpdir(), 'pvt-cni-srv-'));
-  const socket = path.join(dir, 'sub', 'cni.sock');
+  let dir = '';
+  let socket = '';
   const servers: CniServer[] = [];
+  before(() => {
+    dir = mkdtempSync(path.join(tmpdir(), 'pvt-cni-srv-'));
+    socket = path.join(dir, 'sub', 'cni.sock');
+  });
   after(async () => {
     for (const s of servers) await s.stop();
-    rmSync(dir, { recursive: true, force: true });
+    if (dir) rmSync(dir, { recursive: true, force: true });
   });
 
   it('creates its directory 0700 and the socket 0600, refuses a second server, replaces a stale socket', async () => {

@@ -10,7 +10,7 @@ import { PROJECT_ROOT } from '../../lib/project-root.js';
 
 describe('cni warm process pool (parked ip/tc and IPAM exec)', function () {
   this.timeout(60_000);
-  const dir = mkdtempSync(path.join(tmpdir(), 'pvt-cni-pool-'));
+  let dir = '';
   const ns = `pvt-cni-pool-${randomBytes(3).toString('hex')}`;
   const pools: WarmPool[] = [];
   const coldCalls: string[] = [];
@@ -19,13 +19,18 @@ describe('cni warm process pool (parked ip/tc and IPAM exec)', function () {
     return { feed: async () => ({ done: 0 }) };
   };
   before(() => {
+    dir = mkdtempSync(path.join(tmpdir(), 'pvt-cni-pool-'));
     execFileSync(process.execPath, [path.join(PROJECT_ROOT, 'hack/build-cni.mjs'), dir], { stdio: ['ignore', 'ignore', 'inherit'] });
     execFileSync('ip', ['netns', 'add', ns]);
   });
   after(() => {
     for (const p of pools) p.stop();
-    execFileSync('ip', ['netns', 'del', ns]);
-    rmSync(dir, { recursive: true, force: true });
+    try {
+      execFileSync('ip', ['netns', 'del', ns], { stdio: 'ignore' });
+    } catch {
+      /* never made */
+    }
+    if (dir) rmSync(dir, { recursive: true, force: true });
   });
 
   it('a parked ip runs its batch inside the netns it is given', async () => {
