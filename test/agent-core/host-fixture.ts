@@ -8,7 +8,7 @@ import { exec } from '../../lib/exec.js';
 export const QEMU_UID = 60107;
 export const QEMU_GID = 60107;
 
-/** A throwaway pod-like sandbox: v1 cpuset + memory cgroups, a netns, a temp dir QEMU's uid can reach. */
+/** A throwaway pod-like sandbox: v1 cpuset + memory cgroups, a v2 group, a netns, a temp dir QEMU's uid can reach. */
 export interface CoreSandbox {
   id: string;
   dir: string;
@@ -25,6 +25,8 @@ export async function makeSandbox(cpus: number[]): Promise<CoreSandbox> {
   await fs.chmod(dir, 0o711);
   const cs = path.join('/sys/fs/cgroup/cpuset', id);
   const mem = path.join('/sys/fs/cgroup/memory', id);
+  // the unified (v2) hierarchy: only hugetlb is enabled on this host, but membership is what counts
+  const v2 = path.join('/sys/fs/cgroup/unified', id);
   const made: string[] = [];
   let netnsMade = false;
   const dispose = async () => {
@@ -49,13 +51,15 @@ export async function makeSandbox(cpus: number[]): Promise<CoreSandbox> {
     await fs.writeFile(path.join(cs, 'cpuset.cpus'), cpus.join(','));
     await fs.mkdir(mem);
     made.push(mem);
+    await fs.mkdir(v2);
+    made.push(v2);
     await exec('ip', ['netns', 'add', id]);
     netnsMade = true;
   } catch (e) {
     await dispose();
     throw e;
   }
-  return { id, dir, netns: id, netnsPath: `/run/netns/${id}`, cgroupDirs: [cs, mem], cpus, dispose };
+  return { id, dir, netns: id, netnsPath: `/run/netns/${id}`, cgroupDirs: [cs, mem, v2], cpus, dispose };
 }
 
 export async function addTap(netns: string, name: string): Promise<void> {

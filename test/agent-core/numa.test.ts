@@ -3,7 +3,10 @@ import { spawn } from 'node:child_process';
 import { promises as fs } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { qemuMachineAliases } from '../../agent/plan/host-facts.js';
+import { qemuMachineAliases, readNumaFacts } from '../../agent/plan/host-facts.js';
+import { VmController } from '../../agent/vm/controller.js';
+import { skipBecause } from '../helpers/skip.js';
+import { QEMU_GID, QEMU_UID, makeSandbox, type CoreSandbox } from './host-fixture.js';
 import { planVm } from '../../agent/plan/plan.js';
 import type { VmTopology } from '../../agent/plan/types.js';
 import { QmpClient } from '../../agent/qmp/client.js';
@@ -49,5 +52,46 @@ describe('agent-core: a two-cell NUMA plan runs in real QEMU', function () {
       child.kill('SIGKILL');
       await exited;
     }
+  });
+});
+
+describe('agent-core: hugepage-backed guest memory, as the pod runs it', function () {
+  this.timeout(60_000);
+  const knob = '/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages';
+  const free = '/sys/kernel/mm/hugepages/hugepages-2048kB/free_hugepages';
+  let orig: number | undefined;
+  let sb: CoreSandbox | undefined;
+  let vm: VmController | undefined;
+
+  before(async function () {
+    orig = Number((await fs.readFile(knob, 'utf8')).trim());
+    // 40 more 2 MiB pages for this test only (restored after)
+    await fs.writeFile(knob, String(orig + 40));
+    if (Number((await fs.readFile(free, 'utf8')).trim()) < 32) skipBecause(this, 'the kernel could not reserve 32 free 2 MiB hugepages');
+    sb = await makeSandbox([0, 1]);
+  });
+  after(async () => {
+    if (vm) await vm.kill().catch(() => {});
+    await sb?.dispose();
+    if (orig !== undefined) await fs.writeFile(knob, String(orig));
+  });
+
+  it('preallocates the cell from hugepages (memfd, policy=bind) under -sandbox as non-root, and fails early when short', async () => {
+    const spec = validateVmSpec({ cpus: 1, memory: '64Mi', accel: 'tcg', kernel: '/nonexistent', hotplugPorts: 0, hugepages: { pageSize: '2Mi' } });
+    const numa = await readNumaFacts();
+    const facts = { vmName: 'huge', cpuset: [1], numa, volumes: {}, kvmUsable: false, machineAliases: await qemuMachineAliases(), runDir: path.join(sb!.dir, 'run') };
+    const p = planVm(spec, facts);
+    const plan = { ...p, argv: p.argv.filter((a, i, all) => a !== '-kernel' && all[i - 1] !== '-kernel') };
+    const before = Number((await fs.readFile(free, 'utf8')).trim());
+    vm = await VmController.start({ name: 'huge', stateDir: path.join(sb!.dir, 'state') }, plan, { cgroupDirs: sb!.cgroupDirs, netns: sb!.netnsPath, uid: QEMU_UID, gid: QEMU_GID });
+    const memdev = await vm.qmp.execute<Array<{ id: string; size: number; policy: string; prealloc: boolean }>>('query-memdev');
+    assert.deepEqual(memdev.map((m) => [m.id, m.size, m.policy, m.prealloc]), [['mem0', 64 * 2 ** 20, 'bind', true]]);
+    assert.equal(before - Number((await fs.readFile(free, 'utf8')).trim()), 32, '32 hugepages taken at start');
+    await vm.kill();
+    vm = undefined;
+    // the plan refuses a VM that would not fit, before anything starts
+    const short = validateVmSpec({ cpus: 1, memory: '2Gi', accel: 'tcg', kernel: '/k', hugepages: { pageSize: '2Mi' } });
+    const numaNow = await readNumaFacts();
+    assert.throws(() => planVm(short, { ...facts, numa: numaNow }), /needs 1024 free 2Mi hugepages on host node\(s\) 0/);
   });
 });

@@ -100,6 +100,7 @@ describe('agent-core: VmController with real QEMU (TCG, no guest OS) as non-root
     const cg = await fs.readFile(`/proc/${pid}/cgroup`, 'utf8');
     assert.match(cg, new RegExp(`:cpuset:/${sb.id}\\n`));
     assert.match(cg, new RegExp(`:memory:/${sb.id}\\n`));
+    assert.match(cg, new RegExp(`^0::/${sb.id}$`, 'm'), 'cgroup v2 membership');
     assert.ok((await fs.readFile(path.join(sb.cgroupDirs[0]!, 'cgroup.procs'), 'utf8')).split('\n').includes(String(pid)));
     assert.equal((await fs.stat(`/proc/${pid}/ns/net`)).ino, (await fs.stat(sb.netnsPath)).ino);
     const s = await vm.status();
