@@ -186,7 +186,8 @@ export function generatedMac(seed: string): string {
   return ['52', '54', '00', ...[h[0]!, h[1]!, h[2]!].map((b) => b.toString(16).padStart(2, '0'))].join(':');
 }
 
-function defaultSerial(name: string): string {
+/** Guest-visible serial of a disk without one in the spec (virtio-blk allows 20 bytes). */
+export function defaultSerial(name: string): string {
   if (name.length <= 20) return name;
   return `${name.slice(0, 13)}-${createHash('sha256').update(name).digest('hex').slice(0, 6)}`;
 }

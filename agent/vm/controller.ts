@@ -10,7 +10,7 @@ import { inPodLauncher, launcherCommand, type LaunchSandbox } from '../launch/la
 import { logTail, spawnQemu } from '../launch/spawn.js';
 import { applyPins, checkPins, type PinReport, type VcpuThread } from '../pin/pinner.js';
 import { blockdevNodes, diskDeviceProps, driveNodeName, fileNodeName, netdevId, netdevProps, nicDeviceProps } from '../plan/devices.js';
-import { generatedMac } from '../plan/plan.js';
+import { defaultSerial, generatedMac } from '../plan/plan.js';
 import { placePciDevice, removeDevice } from '../plan/topology.js';
 import type { PinMap, TopologyDevice, VmPlan, VmTopology } from '../plan/types.js';
 import { QmpClient, type QmpEvent } from '../qmp/client.js';
@@ -481,7 +481,7 @@ export class VmController extends EventEmitter {
       kind: 'disk',
       id: `disk-${d.name}`,
       driver: 'virtio-blk-pci',
-      serial: d.serial ?? d.name.slice(0, 20),
+      serial: d.serial ?? defaultSerial(d.name),
       hotplugged: true,
     });
     if (!topology.rootPorts.every((p) => this.state.topology.rootPorts.some((o) => o.id === p.id))) {
