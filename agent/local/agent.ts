@@ -100,9 +100,9 @@ export class LocalAgent {
     return { adopted, lost };
   }
 
-  async run(manifest: string): Promise<PodStatus> {
+  async run(manifest: string, migration?: MigrationTargetOptions): Promise<PodStatus> {
     const pod = parseLocalManifest(manifest);
-    return this.exclusive(pod.name, () => this.runLocked(pod, manifest));
+    return this.exclusive(pod.name, () => this.runLocked(pod, manifest, migration));
   }
 
   async stop(name: string, opts: { deleteVolumes?: boolean; timeoutMs?: number } = {}): Promise<{ stopped: boolean; deletedVolumes: string[] }> {
@@ -155,7 +155,7 @@ export class LocalAgent {
     }
   }
 
-  private async runLocked(pod: LocalPod, manifest: string): Promise<PodStatus> {
+  private async runLocked(pod: LocalPod, manifest: string, migration?: MigrationTargetOptions): Promise<PodStatus> {
     const existing = await this.store.loadRuntime(pod.name);
     if (existing) {
       const live = await this.o.vms.status(pod.name).catch(() => undefined);
@@ -165,6 +165,8 @@ export class LocalAgent {
     const shape = this.o.vmShape(pod.vmSpec);
     podVmInput(pod.raw); // disks name volumes the container has, in the right form
     const rec: PodRecord = (await this.store.loadPod(pod.name)) ?? { name: pod.name, createdAt: new Date().toISOString(), claims: {}, macs: {} };
+    // A migration target replays the source's topology: same PCI layout, same MACs.
+    const topology = rec.topology ?? migration?.topology;
     const undo: Undo[] = [];
     const t0 = performance.now();
     const mark = (step: string) => this.o.log.info({ pod: pod.name, step, ms: Math.round(performance.now() - t0) }, 'run step done');
@@ -183,6 +185,7 @@ export class LocalAgent {
         cgroup: sb.cgroup.display,
         cgroupProcs: sb.cgroup.procs,
         cpus: sb.cpus,
+        memoryBytes: sb.memoryBytes,
         attachments: [],
         volumes: [],
         devices: {},
@@ -239,9 +242,10 @@ export class LocalAgent {
           selection: sel,
           ifname,
           config,
-          mac: sel.mac ?? topologyMac(rec.topology, pod.vmSpec, sel === podNet ? 'pod' : sel.name) ?? rec.macs[key],
+          mac: sel.mac ?? topologyMac(topology, pod.vmSpec, sel === podNet ? 'pod' : sel.name) ?? rec.macs[key],
           uid: this.o.vms.uid,
           gid: this.o.vms.gid,
+          ...(migration ? { migrationTarget: true } : {}),
         });
         const att = { ...added, vmNetwork: podNet === sel ? 'pod' : sel.name };
         undo.push(() => this.o.networks.del(att, sb.netns));
@@ -261,7 +265,8 @@ export class LocalAgent {
         volumes: rt.volumes,
         attachments: rt.attachments,
         devices: grant,
-        topology: rec.topology,
+        topology,
+        ...(migration ? { incoming: true } : {}),
       });
       undo.push(() => this.o.vms.stop(pod.name, 5000));
       mark('vm');
@@ -269,6 +274,9 @@ export class LocalAgent {
       for (const a of rt.attachments) {
         const m = topologyMac(started.topology, pod.vmSpec, a.vmNetwork);
         if (m) a.guestMac = m;
+        // The guest keeps the address it has: its lease follows it to the target.
+        const kept = migration?.guestIps[a.vmNetwork];
+        if (kept) a.ip = kept;
       }
       this.addLeases(pod.name, rt.attachments);
       undo.push(async () => this.o.dhcp.removeOwner(pod.name));
@@ -464,7 +472,7 @@ export class LocalAgent {
       netns: sb.netns,
       cgroup: rt.cgroup,
       cpus: rt.cpus,
-      memoryLimitBytes: undefined,
+      memoryLimitBytes: rt.memoryBytes,
       interfaces: rt.attachments.map((a) => ({ network: a.network, ifname: a.ifname, mac: a.mac, ip: a.ip, gateway: a.gateway, bridge: a.bridge })),
       disks: rt.volumes.map((v) => ({ volume: v.volume, claim: v.claim, volumeId: v.volumeId, mode: v.volumeMode, path: v.publishPath })),
       devices: rt.devices,
@@ -474,6 +482,14 @@ export class LocalAgent {
       serialSocket: live?.serialSocket,
     };
   }
+}
+
+/** Live migration (agent/migration/local-host.ts): run a pod as the target of a migration. */
+export interface MigrationTargetOptions {
+  /** The source's recorded topology, replayed. */
+  topology: unknown;
+  /** The guest's current address per VM network (`pod` or a NAD name): its DHCP lease moves with it. */
+  guestIps: Record<string, string | undefined>;
 }
 
 /** The MAC the VM's topology gives the interface attached to `network` (`pod` or a NAD name). */

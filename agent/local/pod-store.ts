@@ -67,6 +67,7 @@ export interface RuntimeRecord {
   cgroup: string;
   cgroupProcs: string[];
   cpus: number[];
+  memoryBytes?: number;
   attachments: AttachmentRecord[];
   volumes: VolumeAttachmentRecord[];
   devices: Record<string, string[]>;
