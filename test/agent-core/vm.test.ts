@@ -10,6 +10,7 @@ import { planVm } from '../../agent/plan/plan.js';
 import { pciPath } from '../../agent/plan/topology.js';
 import type { VmPlan } from '../../agent/plan/types.js';
 import { setThreadAffinity } from '../../agent/pin/affinity.js';
+import { checkPins } from '../../agent/pin/pinner.js';
 import { deviceAddress, queryBlock, queryPci } from '../../agent/qmp/commands.js';
 import { validateVmSpec } from '../../agent/spec/vm-spec.js';
 import { VmController } from '../../agent/vm/controller.js';
@@ -348,6 +349,40 @@ describe('agent-core: in-cluster launch into an existing pod’s namespaces (rea
     assert.ok(s.vcpuThreads.every((t) => t.tid !== pid && alive(t.tid)));
     await vm.kill();
     assert.equal(alive(pid), false);
+    vm = undefined;
+  });
+});
+
+describe('agent-core: isolateEmulatorThread on real QEMU threads', function () {
+  this.timeout(60_000);
+  let sb: CoreSandbox;
+  let vm: VmController | undefined;
+  before(async () => {
+    sb = await makeSandbox([0, 1]);
+  });
+  after(async () => {
+    if (vm) await vm.kill().catch(() => {});
+    await sb?.dispose();
+  });
+
+  it('puts the vCPU on one CPU and every other QEMU thread on the other', async () => {
+    const spec = validateVmSpec({ cpus: 1, memory: '64Mi', accel: 'tcg', kernel: '/nonexistent', hotplugPorts: 1, isolateEmulatorThread: true });
+    const p = planVm(spec, { vmName: 'iso', cpuset: [0, 1], numa: await readNumaFacts(), volumes: {}, kvmUsable: false, machineAliases: await qemuMachineAliases(), runDir: path.join(sb.dir, 'run') });
+    assert.deepEqual([p.pins.vcpus[0]!.cpu, p.pins.emulator], [0, [1]]);
+    const plan = { ...p, argv: p.argv.filter((a, i, all) => a !== '-kernel' && all[i - 1] !== '-kernel') };
+    vm = await VmController.start({ name: 'iso', stateDir: path.join(sb.dir, 'state') }, plan, { cgroupDirs: sb.cgroupDirs, netns: sb.netnsPath, uid: QEMU_UID, gid: QEMU_GID });
+    const r = await vm.repin();
+    assert.deepEqual(r.vcpuThreads.map((t) => t.cpus), [[0]]);
+    assert.ok(r.otherThreads.length >= 2, 'main loop and helper threads');
+    for (const t of r.otherThreads) assert.deepEqual(parseCpuList((await procStatus(t.tid)).Cpus_allowed_list!), [1], `${t.comm} (${t.tid})`);
+    // a thread QEMU creates later inherits the emulator mask: hotplug a disk (spawns block worker threads)
+    await fs.writeFile(path.join(sb.dir, 'x.img'), Buffer.alloc(1 << 20));
+    await fs.chown(path.join(sb.dir, 'x.img'), QEMU_UID, QEMU_GID);
+    await vm.hotplugDisk({ name: 'x', file: path.join(sb.dir, 'x.img'), block: false });
+    const after = await vm.status();
+    assert.deepEqual(after.vcpuThreads.map((t) => t.cpus), [[0]]);
+    assert.deepEqual((await checkPins(vm.qmp, vm.qemuPid, vm.pins)).drift, []);
+    await vm.kill();
     vm = undefined;
   });
 });
