@@ -159,7 +159,9 @@ export class LocalAgent {
     const existing = await this.store.loadRuntime(pod.name);
     if (existing) {
       const live = await this.o.vms.status(pod.name).catch(() => undefined);
-      if (live && live.qemuPid !== undefined) throw new AlreadyExists(`pod ${pod.name} is already running (qemu pid ${live.qemuPid})`);
+      if (live && live.phase !== 'Failed' && live.phase !== 'Stopped') {
+        throw new AlreadyExists(`pod ${pod.name} is already running (qemu pid ${live.qemuPid ?? '?'}, ${live.phase})`);
+      }
       throw new FailedPrecondition(`pod ${pod.name} has leftovers of an earlier run (its VM is gone): run "podvirt stop ${pod.name}" first`);
     }
     const shape = this.o.vmShape(pod.vmSpec);
