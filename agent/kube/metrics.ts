@@ -121,23 +121,24 @@ export class AgentMetrics {
     this.migrationRemaining = new Gauge({ name: 'podvirt_vm_migration_remaining_bytes', help: 'RAM still to transfer in the current migration', registers: [r], labelNames: migLabels });
     this.serverUp = new Gauge({ name: 'podvirt_agent_server_up', help: 'In-process servers (1 = serving)', registers: [r], labelNames: ['server'] });
 
-    const vmInfo = new Gauge({ name: 'podvirt_vm_info', help: 'A VM run by this agent (value 1)', registers: [r], labelNames: ['namespace', 'pod', 'qemu_pid'] });
-    const vcpu = new Counter({ name: 'podvirt_vm_vcpu_seconds_total', help: 'CPU time of each vCPU thread', registers: [r], labelNames: ['namespace', 'pod', 'vcpu'] });
-    const cpuAll = new Counter({ name: 'podvirt_vm_cpu_seconds_total', help: 'CPU time of the whole QEMU process', registers: [r], labelNames: ['namespace', 'pod'] });
-    const rss = new Gauge({ name: 'podvirt_vm_memory_rss_bytes', help: 'Resident memory of QEMU', registers: [r], labelNames: ['namespace', 'pod'] });
-    const blkLabels = ['namespace', 'pod', 'drive'];
-    const rdB = new Counter({ name: 'podvirt_vm_disk_read_bytes_total', help: 'Bytes read by the guest per drive', registers: [r], labelNames: blkLabels });
-    const wrB = new Counter({ name: 'podvirt_vm_disk_written_bytes_total', help: 'Bytes written by the guest per drive', registers: [r], labelNames: blkLabels });
-    const rdO = new Counter({ name: 'podvirt_vm_disk_read_ops_total', help: 'Read requests per drive', registers: [r], labelNames: blkLabels });
-    const wrO = new Counter({ name: 'podvirt_vm_disk_write_ops_total', help: 'Write requests per drive', registers: [r], labelNames: blkLabels });
-    const netLabels = ['namespace', 'pod', 'interface'];
-    const rxB = new Counter({ name: 'podvirt_vm_network_receive_bytes_total', help: 'Bytes received on the pod netns interfaces (host side of the guest NICs)', registers: [r], labelNames: netLabels });
-    const txB = new Counter({ name: 'podvirt_vm_network_transmit_bytes_total', help: 'Bytes sent on the pod netns interfaces', registers: [r], labelNames: netLabels });
-
-    // One collect for all VM series: prom-client awaits collect() of each metric at scrape, so the
-    // first metric gathers everything and the others just publish.
+    // One gathering pass serves every per-VM metric of a scrape (prom-client awaits each metric's
+    // collect; the first call gathers, the others share its promise).
     let scrape: Promise<void> | undefined;
-    const gather = async () => {
+    const collect = () => (scrape ??= gather().finally(() => setImmediate(() => (scrape = undefined))));
+    const vmInfo = new Gauge({ name: 'podvirt_vm_info', help: 'A VM run by this agent (value 1)', registers: [r], labelNames: ['namespace', 'pod', 'qemu_pid'], collect });
+    const vcpu = new Counter({ name: 'podvirt_vm_vcpu_seconds_total', help: 'CPU time of each vCPU thread', registers: [r], labelNames: ['namespace', 'pod', 'vcpu'], collect });
+    const cpuAll = new Counter({ name: 'podvirt_vm_cpu_seconds_total', help: 'CPU time of the whole QEMU process', registers: [r], labelNames: ['namespace', 'pod'], collect });
+    const rss = new Gauge({ name: 'podvirt_vm_memory_rss_bytes', help: 'Resident memory of QEMU', registers: [r], labelNames: ['namespace', 'pod'], collect });
+    const blkLabels = ['namespace', 'pod', 'drive'];
+    const rdB = new Counter({ name: 'podvirt_vm_disk_read_bytes_total', help: 'Bytes read by the guest per drive', registers: [r], labelNames: blkLabels, collect });
+    const wrB = new Counter({ name: 'podvirt_vm_disk_written_bytes_total', help: 'Bytes written by the guest per drive', registers: [r], labelNames: blkLabels, collect });
+    const rdO = new Counter({ name: 'podvirt_vm_disk_read_ops_total', help: 'Read requests per drive', registers: [r], labelNames: blkLabels, collect });
+    const wrO = new Counter({ name: 'podvirt_vm_disk_write_ops_total', help: 'Write requests per drive', registers: [r], labelNames: blkLabels, collect });
+    const netLabels = ['namespace', 'pod', 'interface'];
+    const rxB = new Counter({ name: 'podvirt_vm_network_receive_bytes_total', help: 'Bytes received on the pod netns interfaces (host side of the guest NICs)', registers: [r], labelNames: netLabels, collect });
+    const txB = new Counter({ name: 'podvirt_vm_network_transmit_bytes_total', help: 'Bytes sent on the pod netns interfaces', registers: [r], labelNames: netLabels, collect });
+
+    async function gather(): Promise<void> {
       for (const m of [vmInfo, vcpu, cpuAll, rss, rdB, wrB, rdO, wrO, rxB, txB]) m.reset();
       for (const vm of src.vms()) {
         const l = { namespace: vm.namespace, pod: vm.pod };
@@ -173,9 +174,7 @@ export class AgentMetrics {
           }
         }
       }
-    };
-    const once = () => (scrape ??= gather().finally(() => setImmediate(() => (scrape = undefined))));
-    for (const m of [vmInfo, vcpu, cpuAll, rss, rdB, wrB, rdO, wrO, rxB, txB]) (m as unknown as { collect: () => Promise<void> }).collect = once;
+    }
 
     const advertised = new Gauge({
       name: 'podvirt_node_devices_advertised',
