@@ -115,7 +115,7 @@ describe('kubectl-podvirt (fake API server, temp kubeconfig)', function () {
 
   it('migrate creates the target pod and follows its progress to success', async () => {
     const c = capture(false);
-    const run = kubectlMain(['migrate', 'vm-a', '--kubeconfig', kubeconfig, '-n', 'vms', '--target-name', 'vm-a-t1', '--timeout', '30'], c.io);
+    const run = kubectlMain(['migrate', 'vm-a', '--kubeconfig', kubeconfig, '-n', 'vms', '--target-name', 'vm-a-t1', '--timeout', '30', '--keep-source'], c.io);
     // Play the scheduler and the target node's agent.
     await waitForPod(api, 'vm-a-t1');
     const target = api.getObject('pods', 'vms', 'vm-a-t1')!;

@@ -12,7 +12,7 @@ commands:
   ps        [-n NS | -A] [-o json]                 list VM pods: node, phase, QEMU pid, vCPUs, readiness
   status    NAME [-n NS] [--json]                  one VM: status, pinning, topology, events
   migrate   NAME [-n NS] [--target-node NODE]      live-migrate into a new pod, with a progress bar
-            [--no-wait] [--timeout SECONDS]
+            [--no-wait] [--keep-source] [--timeout SECONDS]   (the source pod is deleted after success)
   console   NAME [-n NS]                           serial console (via the node's podvirt agent; ^] detaches)
 
 common flags: --kubeconfig FILE, --context NAME, -n/--namespace NS

@@ -114,10 +114,10 @@ export async function followMigration(kc: KubeConfig, namespace: string, name: s
 export async function migrate(argv: string[], io: Io): Promise<number> {
   const { values, positionals } = parseFlags(
     argv,
-    { ...KUBE_FLAG_OPTIONS, 'target-node': { type: 'string' }, 'target-name': { type: 'string' }, 'no-wait': { type: 'boolean' }, timeout: { type: 'string', default: '600' } },
+    { ...KUBE_FLAG_OPTIONS, 'target-node': { type: 'string' }, 'target-name': { type: 'string' }, 'no-wait': { type: 'boolean' }, 'keep-source': { type: 'boolean' }, timeout: { type: 'string', default: '600' } },
     true,
   );
-  if (positionals.length !== 1) throw new InvalidArgument('usage: kubectl podvirt migrate NAME [-n NAMESPACE] [--target-node NODE] [--no-wait] [--timeout SECONDS]');
+  if (positionals.length !== 1) throw new InvalidArgument('usage: kubectl podvirt migrate NAME [-n NAMESPACE] [--target-node NODE] [--no-wait] [--keep-source] [--timeout SECONDS]');
   const timeoutS = Number(values.timeout);
   if (!(timeoutS > 0)) throw new InvalidArgument(`--timeout must be a positive number of seconds, got "${values.timeout}"`);
   const { kc, namespace } = loadKubeConfig(values);
@@ -137,5 +137,10 @@ export async function migrate(argv: string[], io: Io): Promise<number> {
     return 1;
   }
   io.stdout.write(`${namespace}/${positionals[0]} migrated to ${tname}: ${r.message}\n`);
+  if (!values['keep-source']) {
+    // The source pod's VM is gone; its pod would hold its CPUs and devices until deleted.
+    await core.deleteNamespacedPod({ namespace, name: positionals[0]! });
+    io.stderr.write(`source pod ${namespace}/${positionals[0]} deleted\n`);
+  }
   return 0;
 }
