@@ -8,7 +8,7 @@ import { InvalidArgument } from '../../lib/errors.js';
 import { createLogger } from '../../lib/log.js';
 import { PACKAGE_VERSION } from '../../lib/project-root.js';
 import { ClusterAgent } from './cluster-agent.js';
-import { buildServers, buildVmRuntime, buildMigration } from './compose.js';
+import { buildServers, buildVmRuntime, buildMigration, csiVolumeFigures } from './compose.js';
 
 export const CLUSTER_AGENT_USAGE = `usage: podvirt agent [--node-name NODE] [--kubeconfig FILE] [--state-dir DIR] [--run-dir DIR]
                      [--metrics-addr [HOST]:PORT] [--cni-bin-dir DIR] [--kubelet-dir DIR]
@@ -85,6 +85,7 @@ export async function main(argv: string[]): Promise<number> {
     devRoot: f['dev-root'],
     labelNode: !f['no-node-labels'],
     servers: await buildServers(cfg),
+    ...(disabled.has('csi') ? {} : { volumes: csiVolumeFigures(cfg) }),
     stopTimeoutMs: stopTimeout * 1000,
   });
   await agent.start();

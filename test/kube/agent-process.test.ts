@@ -101,6 +101,10 @@ describe('podvirt agent process with its in-process servers', function () {
     await until('node labels', async () => ((api.getObject('nodes', undefined, node)?.metadata as { labels?: Record<string, string> }).labels?.['podvirt.io/kvm'] ? true : undefined));
     const m = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
     assert.match(m, /podvirt_agent_server_up\{server="csi"\} 1/);
+    // Node figures from the CSI driver's own API (ListVolumes, GetCapacity).
+    assert.match(m, /podvirt_node_volumes 0/);
+    assert.match(m, /podvirt_node_pool_capacity_bytes [1-9]/);
+    assert.match(m, /podvirt_node_pool_available_bytes [1-9]/);
     const exited = new Promise<number | null>((r) => child!.once('exit', (code) => r(code)));
     child.kill('SIGTERM');
     assert.equal(await exited, 0, stderr.slice(-2000));
