@@ -3,8 +3,8 @@
  *   1. start to guest marker: `podvirt run` (agent already up) → PODVIRT-GUEST-READY on the serial
  *      log, against bare `qemu-system-x86_64` with the same guest, machine, memory and vCPUs,
  *      interleaved so both see the same host load. A pinned VM has only its pod's CPUs, so the
- *      fair baseline is bare QEMU with the same CPU budget: taskset onto the pod's CPU for a 1-CPU
- *      pod, unconstrained (2 CPUs here) for a pod with isolateEmulatorThread;
+ *      baseline is bare QEMU placed the same way (vCPU and emulator threads pinned to the same CPUs
+ *      through QMP before the guest runs); bare QEMU floating over the host is shown for reference;
  *   2. memory per VM beyond QEMU's own RSS: the agent's RSS growth per VM plus helper processes
  *      started for the VM (qemu-storage-daemon per volume);
  *   3. QMP round trip (`query-status`), and the agent's status round trip over its control socket.
@@ -16,6 +16,8 @@ import { promises as fs, existsSync } from 'node:fs';
 import * as path from 'node:path';
 import { LocalEnv, GUEST_INITRD, GUEST_KERNEL, type Status } from '../test/agent-local/harness.js';
 import { QmpClient } from '../agent/qmp/client.js';
+import { applyPins } from '../agent/pin/pinner.js';
+import type { PinMap } from '../agent/plan/types.js';
 import { callControl } from '../agent/local/control.js';
 import { PROJECT_ROOT } from '../lib/project-root.js';
 import { sleep } from '../lib/backoff.js';
@@ -33,7 +35,12 @@ async function waitMarker(log: string, t0: number, timeoutMs = 120_000): Promise
   }
 }
 
-async function bare(dir: string, withDevices: boolean, cpus?: number[], qmp?: (sock: string) => Promise<void>): Promise<number> {
+/**
+ * Bare QEMU. `pins` places it exactly like the local VM: started with -S, vCPU and emulator threads
+ * pinned through QMP with the same pinner, then resumed (the same steps the VM controller takes,
+ * without the pod machinery around them).
+ */
+async function bare(dir: string, withDevices: boolean, pins?: PinMap, qmp?: (sock: string) => Promise<void>): Promise<number> {
   const log = path.join(dir, `bare-${Date.now()}.log`);
   const sock = path.join(dir, 'bare-qmp.sock');
   const args = ['-machine', 'q35', '-accel', 'tcg', '-cpu', 'max', '-m', '128', '-smp', '1', '-nodefaults', '-display', 'none',
@@ -43,10 +50,16 @@ async function bare(dir: string, withDevices: boolean, cpus?: number[], qmp?: (s
     if (!existsSync(disk)) execFileSync('qemu-img', ['create', '-f', 'raw', disk, '32M'], { stdio: 'ignore' });
     args.push('-drive', `file=${disk},format=raw,if=none,id=d0`, '-device', 'virtio-blk-pci,drive=d0', '-netdev', 'user,id=n0', '-device', 'virtio-net-pci,netdev=n0');
   }
-  const argv = cpus ? ['taskset', '-c', cpus.join(','), 'qemu-system-x86_64', ...args] : ['qemu-system-x86_64', ...args];
+  if (pins) args.push('-S');
   const t0 = performance.now();
-  const child = spawn(argv[0]!, argv.slice(1), { stdio: 'ignore' });
+  const child = spawn('qemu-system-x86_64', args, { stdio: 'ignore' });
   try {
+    if (pins) {
+      const q = await QmpClient.connect(sock);
+      await applyPins(q, child.pid!, pins);
+      await q.execute('cont');
+      q.close();
+    }
     const ms = await waitMarker(log, t0);
     if (qmp) await qmp(sock);
     return ms;
@@ -102,23 +115,33 @@ async function main(): Promise<void> {
     const agentPid = Number((await fs.readFile(path.join(env.runDir, 'agent.pid'), 'utf8')).trim());
 
     const cases = [
-      { what: 'minimal VM, 1 exclusive CPU vs bare QEMU on that CPU (taskset)', devices: false, isolate: false, pinBare: true },
-      { what: 'minimal VM, isolateEmulatorThread (2 CPUs) vs bare QEMU unconstrained', devices: false, isolate: true, pinBare: false },
-      { what: 'VM with CSI disk + CNI NIC, isolateEmulatorThread vs bare (file disk, user NIC)', devices: true, isolate: true, pinBare: false },
+      { what: 'minimal VM, 1 exclusive CPU', devices: false, isolate: false },
+      { what: 'minimal VM, isolateEmulatorThread (2 CPUs)', devices: false, isolate: true },
+      { what: 'VM with CSI disk + CNI NIC (bare: file disk, user NIC), isolateEmulatorThread', devices: true, isolate: true },
     ];
     for (const c of cases) {
       const b: number[] = [];
       const l: number[] = [];
       const ret: number[] = [];
+      const u: number[] = [];
       for (let i = 0; i < ROUNDS; i++) {
         const name = `b${cases.indexOf(c)}x${i}`;
         const r = await local(env, name, c);
         l.push(r.ms);
         ret.push(r.runMs);
         await env.cli(['stop', name, '--timeout', '1', '--delete-volumes']);
-        b.push(await bare(env.dir, c.devices, c.pinBare ? r.st.cpus : undefined));
+        // The same placement: each vCPU on the CPU the pod's vCPU had, the other threads on the rest.
+        const vcpuCpus = r.st.vcpuThreads.map((t) => t.cpus[0]!);
+        const rest = r.st.cpus.filter((x) => !vcpuCpus.includes(x));
+        const pins: PinMap = {
+          vcpus: r.st.vcpuThreads.map((t) => ({ index: t.index, cpu: t.cpus[0]!, node: 0, cell: 0 })),
+          emulator: rest.length ? rest : r.st.cpus,
+        };
+        b.push(await bare(env.dir, c.devices, pins));
+        u.push(await bare(env.dir, c.devices));
       }
       rows.push([`start → marker: ${c.what}`, `${(median(l) / 1000).toFixed(2)} s`, `${(median(b) / 1000).toFixed(2)} s`, `${(median(l) / median(b)).toFixed(3)} (goal ≤ 1.05)`]);
+      rows.push(['  bare QEMU unpinned, for reference (threads float over the whole host)', '-', `${(median(u) / 1000).toFixed(2)} s`, `${(median(l) / median(u)).toFixed(3)}`]);
       rows.push(['  of which `podvirt run` until it returns (CLI + orchestration + QEMU start + pins)', `${(median(ret) / 1000).toFixed(2)} s`, '-', '-']);
     }
 
