@@ -48,6 +48,10 @@ export class ObservedRuntime implements VmRuntime {
   detachAll() {
     return this.inner.detachAll();
   }
+  query(key: string, command: string): Promise<unknown> {
+    if (!this.inner.query) return Promise.reject(new Error('runtime has no QMP queries'));
+    return this.inner.query(key, command);
+  }
   count(prefix: string): number {
     return this.calls.filter((c) => c.startsWith(prefix)).length;
   }
@@ -211,7 +215,16 @@ describe('podvirt agent in a cluster (fake API server, kubelet-like sandboxes)',
   });
   it('a VM pod on its node: QEMU runs non-root in the pod netns and cgroup; pod status, annotations, events and metrics say so', async function () {
     if (!existsSync(path.join(guest, 'vmlinuz'))) skipBecause(this, 'test guest not built (hack/setup.d/20-test-guest.sh)');
-    const { sb } = await runPod('vm1', vmSpec());
+    // A file disk on a filesystem volume of the container (reached by QEMU through /proc/<pid>/root).
+    const vol = path.join(tmp, 'vol-vm1');
+    await fs.mkdir(vol, { mode: 0o755 });
+    await fs.writeFile(path.join(vol, 'disk.img'), '');
+    await fs.truncate(path.join(vol, 'disk.img'), 8 * 2 ** 20);
+    await fs.chown(path.join(vol, 'disk.img'), 107, 107);
+    const { sb } = await runPod('vm1', vmSpec('disks:\n  - {name: data, volume: data, type: file, path: disk.img}\n'), (p) => {
+      p.spec!.volumes = [{ name: 'data', emptyDir: {} }];
+      p.spec!.containers[0]!.volumeMounts = [{ name: 'data', mountPath: vol }];
+    });
     await exec('ip', ['-n', sb.netnsName, 'link', 'add', 'pvtdummy0', 'type', 'veth', 'peer', 'name', 'pvtdummy1']);
     const cond = await until('VMReady=True', () => {
       const c = condition('vm1');
@@ -239,6 +252,7 @@ describe('podvirt agent in a cluster (fake API server, kubelet-like sandboxes)',
     assert.match(m, /podvirt_vm_memory_rss_bytes\{namespace="default",pod="vm1"\} [1-9]/);
     assert.match(m, /podvirt_vm_network_receive_bytes_total\{namespace="default",pod="vm1",interface="pvtdummy0"\} 0/);
     assert.match(m, /podvirt_node_vms 1/);
+    assert.match(m, /podvirt_vm_disk_read_bytes_total\{namespace="default",pod="vm1",drive="[^"]+"\} [1-9]/, 'the guest read its disk');
     assert.match(m, /podvirt_vm_starts_total\{how="started"\} 1/);
   });
 
