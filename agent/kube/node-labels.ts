@@ -86,9 +86,14 @@ export function planNodeLabels(f: NodeFacts): Record<string, string> {
   return out;
 }
 
-/** True for label keys this module owns (so stale ones can be removed). */
+const FIXED_LABELS = new Set([LABEL_KVM, LABEL_VERSION, LABEL_NUMA_NODES, LABEL_HUGEPAGES_2MI, LABEL_HUGEPAGES_1GI]);
+
+/**
+ * True for label keys this module owns (so stale ones can be removed): its fixed keys and the
+ * CPU prefixes. Other `podvirt.io/` labels (an operator's node selector, say) are not touched.
+ */
 export function ownedLabel(k: string): boolean {
-  return k.startsWith('podvirt.io/') || k.startsWith('cpu.podvirt.io/') || k.startsWith(CPU_FEATURE_PREFIX);
+  return FIXED_LABELS.has(k) || k.startsWith('cpu.podvirt.io/') || k.startsWith(CPU_FEATURE_PREFIX);
 }
 
 /** Merge-patch body: new labels set, owned labels no longer planned removed (pure). */

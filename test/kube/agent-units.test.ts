@@ -107,7 +107,8 @@ describe('cluster agent: node labels', () => {
       assert.ok(isValidLabelKey(k), k);
       assert.ok(isValidLabelValue(v), `${k}=${v}`);
     }
-    const patch = labelPatch({ 'cpu-feature.podvirt.io/svm': 'true', 'podvirt.io/kvm': 'true', 'kubernetes.io/hostname': 'n1' }, labels);
+    const patch = labelPatch({ 'cpu-feature.podvirt.io/svm': 'true', 'podvirt.io/kvm': 'true', 'kubernetes.io/hostname': 'n1', 'podvirt.io/enabled': 'true' }, labels);
+    assert.equal('podvirt.io/enabled' in patch, false, "an operator's podvirt.io label is not ours to remove");
     assert.equal(patch['cpu-feature.podvirt.io/svm'], null);
     assert.equal('podvirt.io/kvm' in patch, false, 'unchanged labels are not re-sent');
     assert.equal('kubernetes.io/hostname' in patch, false, 'foreign labels untouched');
