@@ -166,9 +166,15 @@ export class PodReconciler {
     let migrating: string | undefined;
     try {
       const adopted = await this.d.runtime.adopt(target);
+      const ended = endedBefore(ann[ANN_STATUS]);
       if (adopted) {
         report = adopted;
         how = 'Adopted';
+      } else if (ended) {
+        // The pod already says its VM ended (shut down, crashed, migrated away, failed migration):
+        // a restarted agent must not boot it again behind the user's back.
+        this.vms.set(key, { state: 'exited', uid, phase: ended.phase === 'Stopped' ? 'Stopped' : 'Failed', reason: ended.reason ?? ended.phase });
+        return;
       } else if (ann[ANN_MIGRATE_FROM]) {
         if (!this.d.migration) {
           await this.fail(key, pod, 'MigrationUnavailable', 'this agent has no migration support; target pod left waiting', false);
@@ -355,6 +361,20 @@ export class PodReconciler {
     for (const p of pods) this.enqueue(podKey(p));
     for (const k of this.vms.keys()) this.enqueue(k);
   }
+}
+
+/** The VM's end as a previous agent reported it on the pod, unless that end was a retryable start failure (pure). */
+export function endedBefore(statusAnnotation: string | undefined): { phase: string; reason?: string } | undefined {
+  if (!statusAnnotation) return undefined;
+  let s: { phase?: string; reason?: string };
+  try {
+    s = JSON.parse(statusAnnotation) as typeof s;
+  } catch {
+    return undefined;
+  }
+  if (s.phase !== 'Migrated' && s.phase !== 'Stopped' && s.phase !== 'Failed') return undefined;
+  if (s.reason === 'StartFailed') return undefined;
+  return { phase: s.phase, ...(s.reason ? { reason: s.reason } : {}) };
 }
 
 export function statusJson(r: VmReport): string {

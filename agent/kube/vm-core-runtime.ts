@@ -150,7 +150,13 @@ export class VmCoreRuntime implements VmRuntime {
 
   async adopt(t: VmTarget): Promise<VmReport | undefined> {
     const vm = await VmController.adopt(this.controllerOpts(t));
-    if (!vm) return undefined;
+    if (!vm) {
+      // Nothing alive to adopt: whatever an ended VM left on the node is stale.
+      const d = this.dirs(t.pod.metadata!.uid!);
+      await fs.rm(d.run, { recursive: true, force: true });
+      await fs.rm(d.state, { recursive: true, force: true });
+      return undefined;
+    }
     this.track(t.key, t.pod.metadata!.uid!, vm);
     return this.reportOf(vm, t);
   }

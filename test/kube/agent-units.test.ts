@@ -7,7 +7,7 @@ import { cgroupPathsFor, choosePodProcess, matchPodCgroup, parseProcCgroup, runt
 import { isValidLabelKey, isValidLabelValue, labelPatch, labelValue, planNodeLabels, gatherNodeFacts } from '../../agent/kube/node-labels.js';
 import { allocatedDevices, cpuSecondsFromStat, parseNetDev } from '../../agent/kube/metrics.js';
 import { installCniPlugin } from '../../agent/kube/cni-install.js';
-import { computeContainerId, wantsVm } from '../../agent/kube/reconciler.js';
+import { computeContainerId, endedBefore, wantsVm } from '../../agent/kube/reconciler.js';
 import { parseListenAddr } from '../../agent/kube/health-server.js';
 
 const UID = '0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0';
@@ -67,6 +67,15 @@ describe('cluster agent: pod cgroup discovery (pure)', () => {
     const running = { ...base, status: { containerStatuses: [{ name: 'compute', containerID: `containerd://${CID}`, state: { running: {} }, ready: true, restartCount: 0, image: 'x', imageID: 'x' }] } };
     assert.equal(computeContainerId(running), CID);
     assert.equal(computeContainerId(base), undefined);
+  });
+
+  it('knows from the pod when a VM ended for good (no restart) or may be started again', () => {
+    assert.deepEqual(endedBefore(JSON.stringify({ phase: 'Migrated', target: 'x' })), { phase: 'Migrated' });
+    assert.deepEqual(endedBefore(JSON.stringify({ phase: 'Failed', reason: 'QEMU exited' })), { phase: 'Failed', reason: 'QEMU exited' });
+    assert.equal(endedBefore(JSON.stringify({ phase: 'Failed', reason: 'StartFailed' })), undefined);
+    assert.equal(endedBefore(JSON.stringify({ phase: 'Running', qemuPid: 1 })), undefined);
+    assert.equal(endedBefore('not json'), undefined);
+    assert.equal(endedBefore(undefined), undefined);
   });
 });
 

@@ -327,9 +327,17 @@ describe('podvirt agent in a cluster (fake API server, kubelet-like sandboxes)',
     // Not restarted behind the user's back: the pod keeps saying what happened.
     await agent.reconciler.idle();
     assert.equal(agent.reconciler.vms.get('default/vm2')?.state, 'exited');
-    // Deleting the pod then removes what the dead VM left on the node.
+    // A restarted agent does not boot it again (the pod says it ended).
+    const starts = runtime.count('start default/vm2');
+    await agent.stop();
+    agent = makeAgent();
+    await agent.start();
+    await agent.reconciler.idle();
+    assert.equal(runtime.count('start default/vm2'), starts);
+    assert.equal(agent.reconciler.vms.get('default/vm2')?.state, 'exited');
+    assert.equal(condition('vm2')?.reason, 'Failed');
+    // Deleting the pod then removes what the dead VM left on the node (if anything is left).
     const uid = (api.getObject('pods', 'default', 'vm2') as V1Pod).metadata!.uid!;
-    assert.ok(existsSync(path.join(tmp, 'run', 'vms', uid)));
     api.deleteObject('pods', 'default', 'vm2');
     await until('vm2 files removed', () => (existsSync(path.join(tmp, 'run', 'vms', uid)) || existsSync(path.join(tmp, 'state', 'vms', uid)) ? undefined : true));
   });
