@@ -31,7 +31,8 @@ export function buildArgv(a: ArgvInput): string[] {
   add('-machine', `${t.machine},usb=off,vmport=off,dump-guest-core=off`);
   add('-accel', a.accel);
   add('-cpu', t.cpuModel);
-  add('-smp', `${t.cpus},sockets=${t.cpus},cores=1,threads=1`);
+  const threads = t.threadsPerCore ?? 1;
+  add('-smp', `${t.cpus},sockets=${t.cpus / threads},cores=1,threads=${threads}`);
   add('-m', `${t.memoryBytes / 2 ** 20}M`);
   for (const c of t.numaCells) {
     // A node list is written as repeated host-nodes= ranges ("host-nodes=0-1,host-nodes=3").
@@ -48,7 +49,10 @@ export function buildArgv(a: ArgvInput): string[] {
     }
     add('-numa', `node,nodeid=${c.id},memdev=mem${c.id}`);
   }
-  for (const c of t.numaCells) for (const v of c.vcpus) add('-numa', `cpu,node-id=${c.id},socket-id=${v}`);
+  // One entry per guest socket (a core's threads share its socket, hence its cell).
+  for (const c of t.numaCells) {
+    for (const s of [...new Set(c.vcpus.map((v) => Math.floor(v / threads)))]) add('-numa', `cpu,node-id=${c.id},socket-id=${s}`);
+  }
 
   add('-sandbox', SANDBOX);
   add('-nodefaults', '-no-user-config', '-display', 'none');

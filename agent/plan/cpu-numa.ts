@@ -5,10 +5,13 @@ export const HUGEPAGE_BYTES: Record<HugepageSize, number> = { '2Mi': 2 * 2 ** 20
 const MiB = 2 ** 20;
 
 const nodeOf = (numa: HostNumaFacts, cpu: number) => numa.cpuNode[cpu] ?? 0;
+/** A core's identity: its lowest sibling (a CPU without sibling facts is its own core). */
+const coreOf = (numa: HostNumaFacts, cpu: number) => Math.min(...(numa.siblings?.[cpu] ?? [cpu]));
 
 /**
- * vCPU → host CPU, 1:1, onto the pod's exclusive CPUs. CPUs are taken in (node, cpu) order so
- * consecutive vCPUs share a node and each guest cell maps onto as few host nodes as possible.
+ * vCPU → host CPU, 1:1, onto the pod's exclusive CPUs. CPUs are taken in (node, core, cpu) order
+ * so consecutive vCPUs share a node (each guest cell maps onto as few host nodes as possible) and
+ * SMT siblings are adjacent (whole cores first, see `guestThreadsPerCore`).
  * Emulator and I/O threads get the CPUs left over; with `isolateEmulatorThread` at least one
  * must be left over (the pod must ask for cpus + 1), otherwise they share the vCPUs' CPUs.
  */
@@ -27,7 +30,7 @@ export function planPins(
         (isolateEmulatorThread ? ` (${cpus} vCPUs + 1 for the emulator thread)` : ` (one per vCPU)`),
     );
   }
-  const ordered = set.sort((a, b) => nodeOf(numa, a) - nodeOf(numa, b) || a - b);
+  const ordered = set.sort((a, b) => nodeOf(numa, a) - nodeOf(numa, b) || coreOf(numa, a) - coreOf(numa, b) || a - b);
   const vcpuCpus = ordered.slice(0, cpus);
   const rest = ordered.slice(cpus);
   const cellOf = new Map<number, number>();
@@ -108,4 +111,22 @@ export function checkHugepages(
       rest -= take;
     }
   }
+}
+
+/**
+ * Guest threads per core: t > 1 when every vCPU sits on a host SMT core whose t siblings are all
+ * vCPUs, consecutive in vCPU order (what `planPins` produces for whole cores), so the guest's
+ * sibling pairs are the host's. Otherwise 1 (vCPUs as sockets).
+ */
+export function guestThreadsPerCore(pins: PinMap, numa: HostNumaFacts): number {
+  if (!numa.siblings || pins.vcpus.length === 0) return 1;
+  const group = (cpu: number) => [...(numa.siblings![cpu] ?? [cpu])].sort((a, b) => a - b);
+  const t = group(pins.vcpus[0]!.cpu).length;
+  if (t < 2 || pins.vcpus.length % t !== 0) return 1;
+  for (let i = 0; i < pins.vcpus.length; i += t) {
+    const block = pins.vcpus.slice(i, i + t).map((v) => v.cpu).sort((a, b) => a - b);
+    const g = group(block[0]!);
+    if (g.length !== t || g.some((c, k) => c !== block[k]) || new Set(pins.vcpus.slice(i, i + t).map((v) => v.cell)).size !== 1) return 1;
+  }
+  return t;
 }

@@ -10,7 +10,8 @@ import type { HostNumaFacts, HugepageSize } from './types.js';
 const HUGEPAGE_DIRS: Record<HugepageSize, string> = { '2Mi': 'hugepages-2048kB', '1Gi': 'hugepages-1048576kB' };
 
 /**
- * CPU → node from `<sys>/devices/system/node/node<N>/cpulist`, and free hugepages per node.
+ * CPU → node from `<sys>/devices/system/node/node<N>/cpulist`, SMT siblings from
+ * `cpu<N>/topology/thread_siblings_list`, and free hugepages per node.
  * A kernel without NUMA support has no node directories: every online CPU is then node 0.
  */
 export async function readNumaFacts(sysRoot = '/sys'): Promise<HostNumaFacts> {
@@ -39,7 +40,12 @@ export async function readNumaFacts(sysRoot = '/sys'): Promise<HostNumaFacts> {
     }
     hugepagesFree[0] = free;
   }
-  return { cpuNode, hugepagesFree };
+  const siblings: Record<number, number[]> = {};
+  for (const cpu of Object.keys(cpuNode).map(Number)) {
+    const list = await sys.read('devices/system/cpu', `cpu${cpu}`, 'topology/thread_siblings_list');
+    if (list) siblings[cpu] = parseCpuList(list);
+  }
+  return { cpuNode, hugepagesFree, ...(Object.keys(siblings).length ? { siblings } : {}) };
 }
 
 /** Parses `qemu-system-x86_64 -machine help`: `q35 ... (alias of pc-q35-7.2)` → `{ q35: 'pc-q35-7.2', 'pc-q35-7.2': 'pc-q35-7.2', ... }`. */

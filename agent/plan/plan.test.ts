@@ -161,6 +161,43 @@ describe('agent-core: VM plan', () => {
     });
   });
 
+  describe('SMT from a fake sysfs tree (whole cores become guest threads)', () => {
+    let sys: string;
+    before(async () => {
+      sys = await fs.mkdtemp(path.join(os.tmpdir(), 'pvt-core-smt-'));
+      await fs.mkdir(path.join(sys, 'devices/system/node/node0'), { recursive: true });
+      await fs.writeFile(path.join(sys, 'devices/system/node/node0/cpulist'), '0-3\n');
+      // two cores with two threads each: {0,2} and {1,3}
+      for (const [cpu, sib] of [[0, '0,2'], [1, '1,3'], [2, '0,2'], [3, '1,3']] as const) {
+        await fs.mkdir(path.join(sys, `devices/system/cpu/cpu${cpu}/topology`), { recursive: true });
+        await fs.writeFile(path.join(sys, `devices/system/cpu/cpu${cpu}/topology/thread_siblings_list`), `${sib}\n`);
+      }
+    });
+    after(async () => fs.rm(sys, { recursive: true, force: true }));
+
+    it('reads siblings and maps guest sibling threads onto host sibling threads', async () => {
+      const numa = await readNumaFacts(sys);
+      assert.deepEqual(numa.siblings, { 0: [0, 2], 1: [1, 3], 2: [0, 2], 3: [1, 3] });
+      const p = planVm(spec({ cpus: 4 }), facts({ cpuset: [0, 1, 2, 3], numa }));
+      assert.deepEqual(p.pins.vcpus.map((v) => v.cpu), [0, 2, 1, 3]);
+      assert.equal(p.topology.threadsPerCore, 2);
+      assert.deepEqual(opt(p.argv, '-smp'), ['4,sockets=2,cores=1,threads=2']);
+      assert.deepEqual(opt(p.argv, '-numa').filter((n) => n.startsWith('cpu')), ['cpu,node-id=0,socket-id=0', 'cpu,node-id=0,socket-id=1']);
+      // replayed as stored even where the new cpuset has no SMT
+      const r = planVm(spec({ cpus: 4 }), facts({ cpuset: [4, 5, 6, 7], numa: { cpuNode: {} }, topology: p.topology }));
+      assert.deepEqual(opt(r.argv, '-smp'), ['4,sockets=2,cores=1,threads=2']);
+    });
+
+    it('a whole core for the vCPUs, the odd CPU for the emulator; a split core stays threads=1', async () => {
+      const numa = await readNumaFacts(sys);
+      const p = planVm(spec({ cpus: 2, isolateEmulatorThread: true }), facts({ cpuset: [0, 1, 2], numa }));
+      assert.deepEqual([p.pins.vcpus.map((v) => v.cpu), p.pins.emulator, p.topology.threadsPerCore], [[0, 2], [1], 2]);
+      const q = planVm(spec({ cpus: 3 }), facts({ cpuset: [0, 1, 2], numa }));
+      assert.equal(q.topology.threadsPerCore, undefined);
+      assert.deepEqual(opt(q.argv, '-smp'), ['3,sockets=3,cores=1,threads=1']);
+    });
+  });
+
   describe('topology replay (backpropagation)', () => {
     it('replays the stored topology exactly, even when QEMU offers a newer machine', () => {
       const first = planVm(full, facts());

@@ -3,7 +3,7 @@ import * as path from 'node:path';
 import { FailedPrecondition, InvalidArgument } from '../../lib/errors.js';
 import { formatCpuList } from '../../lib/sysfs.js';
 import type { VmDiskSpec, VmSpec } from '../spec/vm-spec.js';
-import { cellHostNodes, checkHugepages, planCells, planPins } from './cpu-numa.js';
+import { cellHostNodes, checkHugepages, guestThreadsPerCore, planCells, planPins } from './cpu-numa.js';
 import { buildArgv } from './argv.js';
 import { hostDevices } from './devices.js';
 import { ensureFreePorts, parseTopology, placePciDevice } from './topology.js';
@@ -109,6 +109,9 @@ export function planVm(spec: VmSpec, facts: PodFacts, opts: PlanOptions = {}): V
   const pins = planPins(spec.cpus, facts.cpuset, facts.numa, spec.isolateEmulatorThread, reuseCells ? stored!.numaCells : undefined);
   const cells = reuseCells ? stored!.numaCells.map((c) => ({ ...c, vcpus: [...c.vcpus] })) : planCells(spec.memory, pins, spec.hugepages?.pageSize);
   topo.numaCells = cells;
+  // Guest SMT mirrors whole host cores at first start; replayed after (guest ABI), recomputed with the cpus.
+  const threads = reuseCells ? (stored!.threadsPerCore ?? 1) : guestThreadsPerCore(pins, facts.numa);
+  if (threads > 1) topo.threadsPerCore = threads;
   const hostNodes = cellHostNodes(cells, pins);
   if (spec.hugepages) checkHugepages(cells, hostNodes, spec.hugepages.pageSize, facts.numa);
 

@@ -40,6 +40,7 @@ const topologySchema = z.strictObject({
   machine: z.string().regex(/^pc-q35-\d+\.\d+$/),
   cpuModel: z.string().min(1),
   cpus: z.number().int().min(1),
+  threadsPerCore: z.number().int().min(1).max(8).optional(),
   memoryBytes: z.number().int().positive(),
   numaCells: z.array(z.strictObject({ id: z.number().int().min(0), vcpus: z.array(z.number().int().min(0)), memoryBytes: z.number().int().positive() })),
   rootPorts: z.array(portSchema),

@@ -7,6 +7,8 @@
 export interface HostNumaFacts {
   /** Host CPU → NUMA node. CPUs missing here count as node 0. */
   cpuNode: Record<number, number>;
+  /** Host CPU → its SMT thread siblings (itself included), when known: whole cores become guest threads. */
+  siblings?: Record<number, number[]>;
   /** Free hugepages per node and size, when known (checked before launch). */
   hugepagesFree?: Record<number, Partial<Record<HugepageSize, number>>>;
 }
@@ -97,6 +99,8 @@ export interface VmTopology {
   machine: string;
   cpuModel: string;
   cpus: number;
+  /** Guest threads per core (absent = 1): set when the vCPUs sit on whole host SMT cores. */
+  threadsPerCore?: number;
   memoryBytes: number;
   numaCells: NumaCell[];
   rootPorts: TopologyPort[];

@@ -55,6 +55,34 @@ describe('agent-core: a two-cell NUMA plan runs in real QEMU', function () {
   });
 });
 
+describe('agent-core: a guest SMT topology from whole host cores runs in real QEMU', function () {
+  this.timeout(30_000);
+  it('shows vCPUs as thread pairs of two sockets, one per NUMA cell', async () => {
+    const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'pvt-core-smt-'));
+    // facts of a host with two 2-thread cores on two nodes (the plan is pure; QEMU only runs it, unpinned)
+    const numa = { cpuNode: { 0: 0, 2: 0, 1: 1, 3: 1 }, siblings: { 0: [0, 2], 2: [0, 2], 1: [1, 3], 3: [1, 3] } };
+    const spec = validateVmSpec({ cpus: 4, memory: '64Mi', accel: 'tcg', kernel: '/nonexistent', hotplugPorts: 0, serial: 'none' });
+    const p = planVm(spec, { vmName: 'smt', cpuset: [0, 1, 2, 3], numa, volumes: {}, kvmUsable: false, machineAliases: await qemuMachineAliases(), runDir: dir });
+    // this host has one node: bind both cells to node 0 for the run
+    const argv = p.argv.filter((a, i, all) => a !== '-kernel' && all[i - 1] !== '-kernel').map((a) => a.replace(/host-nodes=1/, 'host-nodes=0'));
+    const child = spawn(argv[0]!, argv.slice(1), { stdio: 'ignore' });
+    const exited = new Promise((r) => child.once('exit', r));
+    try {
+      const q = await QmpClient.connect(p.paths.qmpSocket, { connectTimeoutMs: 10_000 });
+      const cpus = await queryCpusFast(q);
+      assert.deepEqual(
+        cpus.map((c) => [c['cpu-index'], c.props?.['socket-id'], c.props?.['thread-id'], c.props?.['node-id']]),
+        [[0, 0, 0, 0], [1, 0, 1, 0], [2, 1, 0, 1], [3, 1, 1, 1]],
+      );
+      q.close();
+    } finally {
+      child.kill('SIGKILL');
+      await exited;
+      await fs.rm(dir, { recursive: true, force: true });
+    }
+  });
+});
+
 describe('agent-core: hugepage-backed guest memory, as the pod runs it', function () {
   this.timeout(60_000);
   const knob = '/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages';
