@@ -88,6 +88,17 @@ describe('agent-core: QMP client against real QEMU', () => {
     await assert.rejects(queryStatus(qmp), Unavailable);
   });
 
+  it('runs out-of-band commands when oob is negotiated', async () => {
+    qmp = await QmpClient.connect(vm.qmpPath, { oob: true });
+    assert.ok(qmp.greeting?.capabilities.includes('oob'));
+    // migrate-pause is oob-capable; with no migration QEMU answers with an error, out of band
+    await assert.rejects(qmp.execute('migrate-pause', undefined, { oob: true }), (e: unknown) => e instanceof QmpError && e.qmpClass === 'GenericError');
+    assert.equal((await queryStatus(qmp)).running, true);
+    const it = qmp.events();
+    qmp.close();
+    assert.equal((await it.next()).done, true, 'the event iterator ends with the connection');
+  });
+
   it('cannot connect to a missing socket within the deadline', async () => {
     await assert.rejects(QmpClient.connect(path.join(vm.dir, 'absent.sock'), { connectTimeoutMs: 150 }), Unavailable);
   });
