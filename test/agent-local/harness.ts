@@ -180,7 +180,7 @@ export class LocalEnv {
     const problems: string[] = [];
     await this.shutdownAgent().catch((e: Error) => problems.push(e.message));
     await exec('ip', ['link', 'delete', this.bridge], { allowFailure: true });
-    for (const root of ['/sys/fs/cgroup/cpuset', '/sys/fs/cgroup/memory']) {
+    for (const root of ['/sys/fs/cgroup/cpuset', '/sys/fs/cgroup/memory', '/sys/fs/cgroup/devices']) {
       await fs.rmdir(path.join(root, this.cgroupParent)).catch(() => undefined);
     }
     const left = [...problems, ...(await this.leftovers())];
@@ -225,6 +225,9 @@ export class LocalEnv {
       if (cmd.includes(this.dir) && Number(p) !== process.pid) out.push(`process ${p} ${cmd.replace(/\0/g, ' ').slice(0, 120)}`);
     }
     if (existsSync(`/sys/class/net/${this.bridge}`)) out.push(`bridge ${this.bridge}`);
+    for (const h of ['cpuset', 'memory', 'devices']) {
+      if (existsSync(`/sys/fs/cgroup/${h}/${this.cgroupParent}`)) out.push(`cgroup ${h}/${this.cgroupParent}`);
+    }
     return out;
   }
 }

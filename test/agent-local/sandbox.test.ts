@@ -31,7 +31,7 @@ describe('agent-local: pod sandbox on the real host', function () {
     if (!m) return;
     for (const s of await m.list()) await m.destroy(s.pod);
     const layout = await m.cgroupLayout();
-    const roots = layout.version === 1 ? [layout.cpuset, layout.memory] : [layout.root];
+    const roots = layout.version === 1 ? [layout.cpuset, layout.memory, ...(layout.devices ? [layout.devices] : [])] : [layout.root];
     for (const r of roots) await fs.rmdir(path.join(r, parent)).catch(() => undefined);
     await fs.rm(dir, { recursive: true, force: true });
   });
