@@ -323,11 +323,13 @@ describe('chart: rendered manifests', () => {
       assert.ok(container(r, 'csi-resizer').args?.includes('--leader-election=false'));
     });
 
-    it('the agent gets its node name, state paths and CNI bin dir', () => {
+    it('the agent gets its node name, migration address, state paths and CNI bin dir', () => {
       const a = container(r, 'agent');
       assert.equal(a.args?.[0], 'agent');
       assert.equal(flag(a, 'node-name'), '$(NODE_NAME)');
       assert.equal(a.env?.find((e) => e.name === 'NODE_NAME')?.valueFrom?.fieldRef?.fieldPath, 'spec.nodeName');
+      // Migrations listen on the node's address; without POD_IP the agent disables them.
+      assert.equal(a.env?.find((e) => e.name === 'POD_IP')?.valueFrom?.fieldRef?.fieldPath, 'status.podIP');
       assert.equal(flag(a, 'state-dir'), '/var/lib/podvirt');
       assert.equal(flag(a, 'run-dir'), '/run/podvirt');
       assert.equal(flag(a, 'kubelet-dir'), '/var/lib/kubelet');
