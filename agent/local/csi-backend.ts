@@ -83,11 +83,12 @@ export class CsiBackend implements VolumeBackend {
       sizeBytes: Number(volume!.capacity_bytes),
       volumeMode: claim.volumeMode,
       ephemeral: claim.ephemeral,
+      ...(claim.volumeMode === 'Filesystem' ? { fsType: claim.parameters.fsType ?? 'ext4' } : {}),
     };
   }
 
   async attach(pod: string, volume: string, claim: ClaimRecord, uid: number, gid: number): Promise<VolumeAttachmentRecord> {
-    const cap = capability(claim.volumeMode, undefined);
+    const cap = capability(claim.volumeMode, claim.fsType);
     const stagingPath = path.join(this.o.stagingDir, claim.volumeId.replace(/[^A-Za-z0-9._-]/g, '_'));
     const publishPath = path.join(this.o.runDir, pod, 'volumes', volume);
     await fs.mkdir(stagingPath, { recursive: true, mode: 0o750 });
@@ -103,6 +104,9 @@ export class CsiBackend implements VolumeBackend {
         readonly: false,
       });
       // The unprivileged QEMU opens the device node (block) or writes into the filesystem root.
+      if (claim.volumeMode === 'Block') {
+        rec.hostNode = await hostNodeOwner(publishPath);
+      }
       await fs.chown(publishPath, uid, gid);
       if (claim.volumeMode === 'Filesystem') await fs.chmod(publishPath, 0o770);
     } catch (e) {
@@ -113,6 +117,7 @@ export class CsiBackend implements VolumeBackend {
   }
 
   async detach(rec: VolumeAttachmentRecord): Promise<void> {
+    if (rec.hostNode) await restoreNode(rec.publishPath, rec.hostNode);
     await this.c.node.NodeUnpublishVolume({ volume_id: rec.volumeId, target_path: rec.publishPath });
     await this.c.node.NodeUnstageVolume({ volume_id: rec.volumeId, staging_target_path: rec.stagingPath });
     await fs.rm(rec.stagingPath, { recursive: true, force: true });
@@ -125,4 +130,26 @@ export class CsiBackend implements VolumeBackend {
       if (!isGrpcCode(e, status.NOT_FOUND)) throw e;
     }
   }
+}
+
+/** Gives the host's loop device node back its own owner and mode (it may be gone already: fine). */
+async function restoreNode(file: string, node: { uid: number; gid: number; mode: number }): Promise<void> {
+  try {
+    await fs.chown(file, node.uid, node.gid);
+    await fs.chmod(file, node.mode);
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
+  }
+}
+
+/**
+ * The owner a loop node should get back. A node some earlier crash left owned by another uid is
+ * not recorded as it is: it gets the owner of /dev/loop-control, which udev (or the container
+ * runtime) set the same way as the loop nodes it created.
+ */
+async function hostNodeOwner(file: string): Promise<{ uid: number; gid: number; mode: number }> {
+  const st = await fs.stat(file);
+  if (st.uid === 0) return { uid: st.uid, gid: st.gid, mode: st.mode & 0o7777 };
+  const ctl = await fs.stat('/dev/loop-control').catch(() => undefined);
+  return { uid: 0, gid: ctl?.gid ?? 0, mode: (ctl?.mode ?? 0o600) & 0o660 };
 }

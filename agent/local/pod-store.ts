@@ -11,6 +11,8 @@ export interface ClaimRecord {
   sizeBytes: number;
   volumeMode: 'Block' | 'Filesystem';
   ephemeral: boolean;
+  /** Filesystem the volume was created with (Filesystem claims): staging must ask for the same one. */
+  fsType?: string;
 }
 
 /**
@@ -55,6 +57,12 @@ export interface VolumeAttachmentRecord {
   volumeMode: 'Block' | 'Filesystem';
   stagingPath: string;
   publishPath: string;
+  /**
+   * Block volumes: owner and mode of the host device node before QEMU's uid was given it. The
+   * published file is a bind mount of the host's /dev/loopN, so the chown lands on that node and
+   * must be undone before the loop device can serve anyone else.
+   */
+  hostNode?: { uid: number; gid: number; mode: number };
 }
 
 /** What exists while the pod runs (lost on reboot, as /run is). */

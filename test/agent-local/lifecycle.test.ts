@@ -64,6 +64,12 @@ describe('agent-local: VM lifecycle edges (crash, stop semantics, volumes)', fun
     const st = await env.status(name);
     assert.equal(st.phase, 'Running');
     assert.deepEqual(st.disks.map((d) => d.volume).sort(), ['keep', 'scratch']);
+    // The published block file is a bind mount of the host's loop node: QEMU's uid owns it only
+    // while the pod runs, and the host node gets its owner back at stop.
+    const loops = await hostLoopNodes(st.disks.map((d) => (d as unknown as { path: string }).path));
+    assert.equal(loops.length, 2);
+    const given = await Promise.all(loops.map(async (l) => fs.stat(l)));
+    for (const [i, g] of given.entries()) assert.notEqual(g.uid, 0, `${loops[i]} given to QEMU's uid while running`);
     process.kill(st.qemuPid, 'SIGKILL');
     const failed = await waitFor(async () => {
       const s = await env.status(name);
@@ -76,6 +82,11 @@ describe('agent-local: VM lifecycle edges (crash, stop semantics, volumes)', fun
     const stop = await env.cli(['stop', name]);
     assert.match(stop.stdout, /stopped; deleted volumes .*-scratch/);
     assert.equal(existsSync(st.netns), false);
+    for (const [i, l] of loops.entries()) {
+      const now = await fs.stat(l);
+      assert.equal(now.uid, 0, `${l} owner restored`);
+      assert.notEqual(now.gid, given[i]!.gid, `${l} group restored`);
+    }
     const rec = await podRecord();
     assert.deepEqual(Object.keys(rec.claims), [`${name}-keep`], 'the PVC is kept, the ephemeral claim is gone');
     assert.ok(rec.topology, 'topology kept for the next run');
@@ -92,3 +103,14 @@ describe('agent-local: VM lifecycle edges (crash, stop semantics, volumes)', fun
     assert.match(nope.stderr, /no pod nope/);
   });
 });
+
+/** The host /dev/loopN behind each published block file. */
+async function hostLoopNodes(files: string[]): Promise<string[]> {
+  const out: string[] = [];
+  const names = (await fs.readdir('/dev')).filter((n) => /^loop\d+$/.test(n));
+  for (const f of files) {
+    const rdev = (await fs.stat(f)).rdev;
+    for (const n of names) if ((await fs.stat(`/dev/${n}`)).rdev === rdev) out.push(`/dev/${n}`);
+  }
+  return out;
+}
