@@ -36,6 +36,8 @@ export interface NetworkBackend {
     mac: string | undefined;
     uid: number;
     gid: number;
+    /** Live migration (agent/migration): a tap that stays silent until the VM runs on this side. */
+    migrationTarget?: boolean;
   }): Promise<AttachmentRecord>;
   del(rec: AttachmentRecord, netns: string | undefined): Promise<void>;
 }
@@ -68,6 +70,8 @@ export interface VmStartInput {
   devices: DeviceGrant;
   /** The topology recorded at first start, replayed so the guest's hardware does not drift. */
   topology: unknown;
+  /** Live migration (agent/migration): QEMU waits with `-incoming defer`, pinned, not resumed. */
+  incoming?: boolean;
 }
 
 /** One VM per pod, through agent core's VmController. */

@@ -54,6 +54,7 @@ export class CniBackend implements NetworkBackend {
     const runtimeConfig: Record<string, unknown> = {};
     if (i.mac) runtimeConfig.mac = i.mac;
     if (i.selection.ips?.length) runtimeConfig.ips = i.selection.ips;
+    if (i.migrationTarget) runtimeConfig.migrationTarget = true;
     if (Object.keys(runtimeConfig).length) config.runtimeConfig = runtimeConfig;
     const raw = await invokeCniOrThrow({
       plugin: this.plugin,

@@ -12,6 +12,11 @@ import { parseBytes } from './quantity.js';
 import { LocalDevices } from './devices.js';
 import { ensureSharedMount, releaseSharedMount } from './local-launcher.js';
 import { PodStore } from './pod-store.js';
+import { LocalMigrations } from '../migration/local.js';
+import { localMigrationHost } from '../migration/local-host.js';
+import { migrationRoutes } from '../migration/routes.js';
+import { parseLocalManifest } from './manifest.js';
+import { parseVmSpec } from '../spec/index.js';
 import { controlSocket, type LocalPaths } from './paths.js';
 
 export interface DaemonOptions {
@@ -114,6 +119,11 @@ export async function startLocalDaemon(o: DaemonOptions): Promise<LocalDaemon> {
     const shutdownRequested = new Promise<void>((r) => (requestShutdown = r));
     const server: http.Server = await serveControl(controlSocket(o.paths), [
       { method: 'GET', path: '/ping', handler: async () => ({ pid: process.pid }) },
+      // Live migration into a second local pod (agent/migration).
+      ...migrationRoutes(new LocalMigrations(localMigrationHost({ agent, networks: o.networks, paths: o.paths, log: o.log, qemuUid: o.vms.uid, qemuGid: o.vms.gid }), path.join(o.paths.stateDir, 'migrations'), o.log), async (pod) => {
+        const rt = await new PodStore(o.paths).loadRuntime(pod);
+        return rt ? parseVmSpec(parseLocalManifest(rt.manifest).vmSpec).migration : undefined;
+      }),
       { method: 'GET', path: '/pods', handler: async () => agent.ps() },
       {
         method: 'POST',

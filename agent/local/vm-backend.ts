@@ -76,7 +76,7 @@ export async function createVmBackend(o: { paths: LocalPaths; log: Logger; sysRo
         runDir: path.join(i.runDir, 'vm'),
         topology: i.topology,
       };
-      const plan = planVm(spec, facts, { startPaused: true });
+      const plan = planVm(spec, facts, { startPaused: true, ...(i.incoming ? { incoming: true } : {}) });
       for (const n of plan.notes) o.log.info({ pod: i.pod.name, note: n }, 'plan');
       const sandbox: LaunchSandbox = { cgroupDirs: i.sandbox.cgroup.procs, netns: i.sandbox.netns, uid: QEMU_UID, gid: QEMU_GID };
       const nodes: PodDeviceNode[] = [];
@@ -86,7 +86,7 @@ export async function createVmBackend(o: { paths: LocalPaths; log: Logger; sysRo
       }
       await fs.mkdir(path.join(i.runDir, 'dev'), { recursive: true, mode: 0o755 });
       const launcherArgv = localLauncher(launcherCommand(plan.argv, sandbox), path.join(i.runDir, 'dev'), QEMU_UID, QEMU_GID, nodes);
-      const vm = await VmController.start({ name: i.pod.name, stateDir: controllerDir(i.pod.name), log: o.log }, plan, sandbox, { launcherArgv });
+      const vm = await VmController.start({ name: i.pod.name, stateDir: controllerDir(i.pod.name), log: o.log }, plan, sandbox, { launcherArgv, ...(i.incoming ? { cont: false } : {}) });
       vms.set(i.pod.name, vm);
       watch(i.pod.name, vm);
       const handle: Handle = { controllerDir: controllerDir(i.pod.name) };

@@ -1,7 +1,7 @@
 import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
 import { randomBytes } from 'node:crypto';
-import { parseDocument } from 'yaml';
+import { isSeq, parseAllDocuments, type Document } from 'yaml';
 import { AlreadyExists, InvalidArgument, NotFound, errorMessage } from '../../lib/errors.js';
 import { writeJsonAtomic } from '../../lib/fs-atomic.js';
 import { silentLogger, type Logger } from '../../lib/log.js';
@@ -34,6 +34,8 @@ export interface LocalMigrationHost {
   /** Opens a silent tap at switch-over (the CNI plugin's activateTap). */
   activateTap(netns: string, ifname: string): Promise<void>;
   stopPod(name: string, opts: { deleteVolumes: boolean }): Promise<void>;
+  /** A directory QEMU of `pod` can read (its TLS credentials go there); default: under the orchestrator's state dir. */
+  qemuDir?(pod: string): string;
   /** uid/gid QEMU runs as (its TLS credential files are handed to it). */
   qemuOwner?: Owner;
   postCopySupported: boolean;
@@ -108,6 +110,7 @@ export class LocalMigrations {
     const dir = path.join(this.stateDir, rec.id);
     const undo: Array<() => Promise<unknown>> = [];
     let target: Awaited<ReturnType<LocalMigrationHost['startTarget']>> | undefined;
+    let result: MigrationResult;
     try {
       await fs.mkdir(dir, { recursive: true, mode: 0o700 });
       undo.push(() => fs.rm(dir, { recursive: true, force: true }));
@@ -135,7 +138,7 @@ export class LocalMigrations {
         localDiskNodes: t.diskNodes,
         postCopySupported: this.host.postCopySupported,
         tlsWorkDir: path.join(dir, 'target-ca'),
-        tlsQemuDir: path.join(dir, 'target-tls'),
+        tlsQemuDir: this.host.qemuDir ? path.join(this.host.qemuDir(t.name), `${rec.id}-tls`) : path.join(dir, 'target-tls'),
         ...(this.host.qemuOwner ? { qemuOwner: this.host.qemuOwner } : {}),
         onResume: async () => {
           for (const tap of t.taps) await this.host.activateTap(t.netns, tap);
@@ -154,36 +157,67 @@ export class LocalMigrations {
         disks,
         postCopySupported: this.host.postCopySupported,
         tlsHostname: `${t.name}.migration.podvirt.local`.slice(0, 200),
-        tlsQemuDir: path.join(dir, 'source-tls'),
+        tlsQemuDir: this.host.qemuDir ? path.join(this.host.qemuDir(rec.source), `${rec.id}-tls`) : path.join(dir, 'source-tls'),
         ...(this.host.qemuOwner ? { qemuOwner: this.host.qemuOwner } : {}),
         signal,
         log: this.log,
       });
       sourceSide.on('progress', (p: MigrationProgress) => (rec.progress = p));
-      rec.result = await sourceSide.run();
-      rec.progress = rec.result.progress;
+      result = await sourceSide.run();
+      rec.progress = result.progress;
     } catch (e) {
       const reason = errorMessage(e);
       this.log.warn({ source: rec.source, err: reason }, 'migration could not run');
       const progress = rec.progress ?? ({ migrationId: rec.id, phase: 'Failed', qemuStatus: 'none', bytesTransferred: 0, bytesRemaining: 0, bytesTotal: 0, dirtyRateBytesPerSec: 0, mbps: 0, pass: 0, postCopy: false, elapsedMs: 0 } as MigrationProgress);
       rec.progress = { ...progress, phase: signal.aborted ? 'Cancelled' : 'Failed', reason };
-      rec.result = { outcome: signal.aborted ? 'cancelled' : 'failed', reason, progress: rec.progress, postCopy: false, notes: [] };
+      result = { outcome: signal.aborted ? 'cancelled' : 'failed', reason, progress: rec.progress, postCopy: false, notes: [] };
     }
     for (const u of undo.reverse()) await u().catch((e: unknown) => this.log.warn({ err: errorMessage(e) }, 'migration clean-up step failed'));
     // The loser goes: the source after a success (its volumes were copied), the target otherwise.
-    if (rec.result?.outcome === 'completed') await this.host.stopPod(rec.source, { deleteVolumes: true }).catch((e: unknown) => this.log.error({ err: errorMessage(e) }, 'stopping the migrated source'));
+    if (result.outcome === 'completed') await this.host.stopPod(rec.source, { deleteVolumes: true }).catch((e: unknown) => this.log.error({ err: errorMessage(e) }, 'stopping the migrated source'));
     else if (target) await this.host.stopPod(target.name, { deleteVolumes: true }).catch((e: unknown) => this.log.error({ err: errorMessage(e) }, 'removing the migration target'));
+    // Only now: a client that sees the result must find the loser gone.
+    rec.result = result;
     return rec;
   }
 }
 
-/** The source pod's manifest, renamed, with `vm.podvirt.io/migrate-from` (pure). */
+/**
+ * The target pod's manifest (pure): the source's documents with the Pod renamed and annotated with
+ * `vm.podvirt.io/migrate-from`, and every PersistentVolumeClaim renamed with the same suffix, so
+ * the target gets fresh node-local volumes (filled by the disk mirror) instead of re-using the
+ * source's.
+ */
 export function targetManifest(manifest: string, source: string, migrationId: string, namespace = 'default'): string {
-  const doc = parseDocument(manifest);
-  if (doc.errors.length) throw new InvalidArgument(`source manifest: ${doc.errors[0]!.message}`);
-  const base = source.replace(/-m[0-9a-f]{4}$/, '').slice(0, 40);
-  const name = `${base}-m${migrationId.slice(-4)}`;
-  doc.setIn(['metadata', 'name'], name);
-  doc.setIn(['metadata', 'annotations', MIGRATE_FROM_ANNOTATION], `${namespace}/${source}`);
-  return doc.toString();
+  const docs = parseAllDocuments(manifest);
+  const suffix = `-m${migrationId.slice(-4)}`;
+  const strip = (n: string) => n.replace(/-m[0-9a-f]{4}$/, '');
+  const claims = new Map<string, string>();
+  let pod: Document | undefined;
+  for (const d of docs) {
+    if (d.errors.length) throw new InvalidArgument(`source manifest: ${d.errors[0]!.message}`);
+    const kind = d.getIn(['kind']);
+    if (kind === 'PersistentVolumeClaim') {
+      const old = String(d.getIn(['metadata', 'name']));
+      const renamed = `${strip(old).slice(0, 200)}${suffix}`;
+      claims.set(old, renamed);
+      d.setIn(['metadata', 'name'], renamed);
+    } else if (kind === 'Pod' || (kind === undefined && docs.length === 1)) {
+      pod = d;
+    }
+  }
+  if (!pod) throw new InvalidArgument('source manifest has no Pod document');
+  pod.setIn(['metadata', 'name'], `${strip(source).slice(0, 40)}${suffix}`);
+  pod.setIn(['metadata', 'annotations', MIGRATE_FROM_ANNOTATION], `${namespace}/${source}`);
+  const vols = pod.getIn(['spec', 'volumes']);
+  if (isSeq(vols)) {
+    vols.items.forEach((_v, i) => {
+      const claim = pod!.getIn(['spec', 'volumes', i, 'persistentVolumeClaim', 'claimName']);
+      if (typeof claim === 'string' && claims.has(claim)) pod!.setIn(['spec', 'volumes', i, 'persistentVolumeClaim', 'claimName'], claims.get(claim));
+    });
+  }
+  return docs.map((d, i) => {
+    const t = d.toString();
+    return i > 0 && !t.startsWith('---') ? `---\n${t}` : t;
+  }).join('');
 }

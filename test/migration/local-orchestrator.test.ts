@@ -88,6 +88,17 @@ describe('migration CLI rendering', () => {
     assert.equal(tty.length, 2, 'unchanged line not redrawn; newline at the end');
     assert.ok(tty[0]!.startsWith('\r\u001b[2K['));
   });
+  it('target manifest: claims renamed too, so the target gets fresh volumes', () => {
+    const multi = [
+      JSON.stringify({ apiVersion: 'v1', kind: 'PersistentVolumeClaim', metadata: { name: 'vm1-data' }, spec: {} }),
+      JSON.stringify({ apiVersion: 'v1', kind: 'Pod', metadata: { name: 'vm1', annotations: {} }, spec: { volumes: [{ name: 'data', persistentVolumeClaim: { claimName: 'vm1-data' } }] } }),
+    ].join('\n---\n');
+    const docs = targetManifest(multi, 'vm1', 'mig-0000beef').split(/^---$/m).filter((d) => d.trim()).map((d) => parse(d) as { kind: string; metadata: { name: string }; spec: { volumes?: Array<{ persistentVolumeClaim: { claimName: string } }> } });
+    assert.equal(docs[0]!.metadata.name, 'vm1-data-mbeef');
+    assert.equal(docs[1]!.metadata.name, 'vm1-mbeef');
+    assert.equal(docs[1]!.spec.volumes![0]!.persistentVolumeClaim.claimName, 'vm1-data-mbeef');
+    assert.throws(() => targetManifest(docs.length ? '{"kind":"Service"}\n---\n{"kind":"Service"}' : '', 'x', 'mig-1'), /no Pod/);
+  });
   it('flags become the top config layer; bad numbers are refused', () => {
     assert.deepEqual(flagOverrides({ tls: true, 'max-bandwidth': '1Gi', multifd: '4', 'no-post-copy': true, 'downtime-limit': '50ms' }), {
       tls: true,
