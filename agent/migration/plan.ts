@@ -105,7 +105,9 @@ export function planMigration(input: MigrationPlanInput): MigrationPlan {
     { capability: 'postcopy-ram', state: postCopy },
     { capability: 'multifd', state: multifd },
     { capability: 'auto-converge', state: c.autoConverge },
-    { capability: 'return-path', state: true },
+    // Post-copy needs it; without post-copy it only adds a wait at completion, while the source is
+    // stopped, for the target's acknowledgement.
+    { capability: 'return-path', state: postCopy },
     // The source stops at `pre-switchover` so disk mirrors finish while the vCPUs are stopped.
     { capability: 'pause-before-switchover', state: input.disks.length > 0 },
   ];

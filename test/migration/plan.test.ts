@@ -96,6 +96,7 @@ describe('migration planner', () => {
     assert.equal(cap(p, 'auto-converge'), true);
     assert.equal(cap(p, 'multifd'), false);
     assert.equal(cap(p, 'pause-before-switchover'), false);
+    assert.equal(cap(p, 'return-path'), true, 'post-copy needs the return path');
     assert.deepEqual(p.target.map((s) => s.execute), ['migrate-set-capabilities', 'migrate-set-parameters', 'migrate-incoming']);
     assert.deepEqual(p.sourceMigrate.map((s) => s.execute), ['migrate-set-capabilities', 'migrate-set-parameters', 'migrate']);
     assert.deepEqual(p.sourceMirror, []);
@@ -113,6 +114,7 @@ describe('migration planner', () => {
     assert.equal(cap(p, 'multifd'), true);
     assert.equal(cap(p, 'postcopy-ram'), false);
     assert.equal(p.postCopyAllowed, false);
+    assert.equal(cap(p, 'return-path'), false, 'no return path without post-copy: it lengthens the downtime');
     assert.equal(p.sourceParameters['multifd-channels'], 4);
     assert.equal(p.targetParameters['multifd-channels'], 4);
     assert.match(p.notes.join(), /multifd/);
