@@ -19,6 +19,7 @@ APT_PACKAGES=(
   gcc libc6-dev                                 # the CNI shim
   python3                                       # CNI tests: a VM-side tap client (ARP over the tap)
   shellcheck                                    # lint of hack/install-on-cluster.sh (test/chart)
+  openssl                                       # per-migration x509 credentials (agent/migration/tls.ts)
 )
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
