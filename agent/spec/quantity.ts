@@ -4,17 +4,19 @@ const SUFFIX: Record<string, number> = {
   M: 1e6,
   G: 1e9,
   T: 1e12,
+  P: 1e15,
   Ki: 2 ** 10,
   Mi: 2 ** 20,
   Gi: 2 ** 30,
   Ti: 2 ** 40,
+  Pi: 2 ** 50,
 };
 
 /** A Kubernetes byte quantity (`512Mi`, `1Gi`, `1G`, `1048576`) in bytes; undefined when it is not one. */
 export function quantityBytes(q: unknown): number | undefined {
   const s = typeof q === 'number' ? String(q) : q;
   if (typeof s !== 'string') return undefined;
-  const m = /^\s*(\d+(?:\.\d+)?)(Ki|Mi|Gi|Ti|k|M|G|T)?\s*$/.exec(s);
+  const m = /^\s*(\d+(?:\.\d+)?)(Ki|Mi|Gi|Ti|Pi|k|M|G|T|P)?\s*$/.exec(s);
   if (!m) return undefined;
   const v = Math.ceil(Number(m[1]) * SUFFIX[m[2] ?? '']!);
   return Number.isSafeInteger(v) && v > 0 ? v : undefined;
