@@ -1,4 +1,5 @@
 import type { ControllerHandlers } from '../proto/gen/csi/v1/csi/v1/Controller.js';
+import type { AsyncImpl } from './async-impl.js';
 import type { CreateVolumeRequest__Output } from '../proto/gen/csi/v1/csi/v1/CreateVolumeRequest.js';
 import type { Volume } from '../proto/gen/csi/v1/csi/v1/Volume.js';
 import type { Snapshot } from '../proto/gen/csi/v1/csi/v1/Snapshot.js';
@@ -34,16 +35,7 @@ export const CONTROLLER_CAPABILITIES = [
   'LIST_VOLUMES',
 ] as const;
 
-type Impl<K extends keyof ControllerHandlers> = ControllerHandlers[K] extends (call: infer C, cb: infer CB) => void
-  ? C extends { request: infer Req }
-    ? CB extends (e: never, value?: infer Res) => void
-      ? (req: Req) => Promise<NonNullable<Res>>
-      : never
-    : never
-  : never;
-
-/** The Controller service as promise-returning functions over plain requests. */
-export type ControllerImpl = { [K in keyof ControllerHandlers]: Impl<K> };
+export type ControllerImpl = AsyncImpl<ControllerHandlers>;
 
 function volumeMessage(ctx: DriverContext, v: VolumeRec): Volume {
   const src = v.source;

@@ -1,17 +1,10 @@
 import type { IdentityHandlers } from '../proto/gen/csi/v1/csi/v1/Identity.js';
+import type { AsyncImpl } from './async-impl.js';
 import { PACKAGE_VERSION } from '../lib/project-root.js';
 import type { DriverContext } from './context.js';
 import { DRIVER_NAME } from './ids.js';
 
-type Impl<K extends keyof IdentityHandlers> = IdentityHandlers[K] extends (call: infer C, cb: infer CB) => void
-  ? C extends { request: infer Req }
-    ? CB extends (e: never, value?: infer Res) => void
-      ? (req: Req) => Promise<NonNullable<Res>>
-      : never
-    : never
-  : never;
-
-export type IdentityImpl = { [K in keyof IdentityHandlers]: Impl<K> };
+export type IdentityImpl = AsyncImpl<IdentityHandlers>;
 
 export function identityService(ctx: DriverContext): IdentityImpl {
   return {

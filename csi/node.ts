@@ -2,6 +2,7 @@ import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
 import { exec } from '../lib/exec.js';
 import type { NodeHandlers } from '../proto/gen/csi/v1/csi/v1/Node.js';
+import type { AsyncImpl } from './async-impl.js';
 import type { VolumeCondition } from '../proto/gen/csi/v1/csi/v1/VolumeCondition.js';
 import { AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, errorMessage, sysErrorCode } from '../lib/errors.js';
 import type { DriverContext } from './context.js';
@@ -11,15 +12,7 @@ import type { PublishRec, StageRec, VolumeRec } from './state.js';
 
 export const NODE_CAPABILITIES = ['STAGE_UNSTAGE_VOLUME', 'GET_VOLUME_STATS', 'EXPAND_VOLUME', 'VOLUME_CONDITION', 'SINGLE_NODE_MULTI_WRITER'] as const;
 
-type Impl<K extends keyof NodeHandlers> = NodeHandlers[K] extends (call: infer C, cb: infer CB) => void
-  ? C extends { request: infer Req }
-    ? CB extends (e: never, value?: infer Res) => void
-      ? (req: Req) => Promise<NonNullable<Res>>
-      : never
-    : never
-  : never;
-
-export type NodeImpl = { [K in keyof NodeHandlers]: Impl<K> };
+export type NodeImpl = AsyncImpl<NodeHandlers>;
 
 /**
  * Brings a volume's node side up: daemon, loop device, and for mount access a filesystem on
