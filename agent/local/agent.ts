@@ -16,6 +16,9 @@ import type { VmShape } from './vm-shape.js';
 import { parseVmSpec, podVmInput } from '../spec/index.js';
 import { parseTopology } from '../plan/index.js';
 
+/** Carried by a migration target pod: `<namespace>/<source pod>`. */
+const MIGRATE_FROM_ANNOTATION = 'vm.podvirt.io/migrate-from';
+
 export interface LocalAgentOptions {
   paths: LocalPaths;
   log: Logger;
@@ -106,10 +109,40 @@ export class LocalAgent {
   }
 
   async stop(name: string, opts: { deleteVolumes?: boolean; timeoutMs?: number } = {}): Promise<{ stopped: boolean; deletedVolumes: string[] }> {
-    return this.exclusive(name, () => this.stopLocked(name, opts));
+    const pod = await this.resolve(name);
+    return this.exclusive(pod, () => this.stopLocked(pod, opts));
+  }
+
+  /**
+   * The pod that now runs the VM first started as NAME: NAME itself while it runs, else the running
+   * pod a live migration moved it to (followed through `vm.podvirt.io/migrate-from`, also across
+   * several migrations), else NAME; so `status`, `console` and `stop` keep working by the VM's name.
+   */
+  async resolve(name: string): Promise<string> {
+    if (await this.store.loadRuntime(name)) return name;
+    const seen = new Set<string>([name]);
+    let current = name;
+    for (;;) {
+      let next: string | undefined;
+      for (const n of await this.store.runningNames()) {
+        const rt = await this.store.loadRuntime(n);
+        if (!rt || seen.has(n)) continue;
+        let from: string | undefined;
+        try {
+          from = parseLocalManifest(rt.manifest).annotations[MIGRATE_FROM_ANNOTATION];
+        } catch {
+          continue;
+        }
+        if (from !== undefined && from.split('/').pop() === current) next = n;
+      }
+      if (next === undefined) return current;
+      seen.add(next);
+      current = next;
+    }
   }
 
   async status(name: string): Promise<PodStatus> {
+    name = await this.resolve(name);
     const rt = await this.store.loadRuntime(name);
     if (!rt) {
       if (await this.store.loadPod(name)) throw new NotFound(`pod ${name} is not running (stopped; its volumes and topology are kept)`);

@@ -69,8 +69,11 @@ describe('podvirt migrate (local mode, TCG)', function () {
       assert.equal(await allowedCpus(st.qemuPid, t.tid), t.cpus.join(','));
     }
     assert.ok(st.cpus.every((c) => !src.cpus.includes(c)), `target cpuset ${st.cpus} differs from the source's ${src.cpus}`);
-    // The source pod is gone; the guest did not reboot: its tick count and uptime go on.
-    assert.notEqual((await cli(['status', 'mvm'], true)).code, 0);
+    // The source pod is gone, but the VM's name still finds it in its new pod.
+    const byName = JSON.parse((await cli(['status', 'mvm', '--json'])).stdout) as { name: string; qemuPid: number };
+    assert.equal(byName.name, target);
+    assert.equal(byName.qemuPid, st.qemuPid);
+    // The guest did not reboot: its tick count and uptime go on.
     await env.waitSerial(st.serialLog, /tick \d+ /, 20_000);
     const first = (await ticks(st.serialLog))[0]!;
     assert.ok(first.n > lastSrc.n && first.up > lastSrc.up, `target tick ${first.n} ${first.up} after source tick ${lastSrc.n} ${lastSrc.up}`);
