@@ -1,6 +1,6 @@
 import * as path from 'node:path';
 import { readJsonIfExists, writeJsonAtomic } from '../lib/fs-atomic.js';
-import type { AccessType, FsType, Mode } from './plan.js';
+import type { AccessType, FsType, Mode, PublishArgs } from './plan.js';
 
 /**
  * The driver's durable state: one JSON document under the state dir, rewritten atomically
@@ -51,14 +51,9 @@ export interface StageRec {
   loopDevice: string;
 }
 
-export interface PublishRec {
+/** A publish as recorded: the arguments NodePublishVolume compares, plus what it made. */
+export interface PublishRec extends PublishArgs {
   volumeId: string;
-  targetPath: string;
-  stagingPath: string;
-  type: AccessType;
-  mode: Mode;
-  readonly: boolean;
-  mountFlags: string[];
   /**
    * A read-only block publish gets its own read-only loop device on the same export: the
    * kernel lets anyone open a device node for writing even on a read-only bind mount.
