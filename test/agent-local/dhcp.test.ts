@@ -6,6 +6,7 @@ import { randomBytes } from 'node:crypto';
 import { DhcpServer } from '../../agent/dhcp/server.js';
 import { exec, execText } from '../../lib/exec.js';
 import { skipBecause } from '../helpers/skip.js';
+import { pingUntilReply } from '../helpers/ping.js';
 
 describe('agent-local: DHCP server on a real bridge, busybox udhcpc in a netns', function () {
   const tag = randomBytes(3).toString('hex');
@@ -50,7 +51,7 @@ describe('agent-local: DHCP server on a real bridge, busybox udhcpc in a netns',
     const addrs = await execText('ip', ['-n', ns, '-4', '-o', 'addr', 'show', 'dev', 'eth0']);
     assert.match(addrs, new RegExp(`inet ${subnet}\\.42/24`));
     assert.match(await execText('ip', ['-n', ns, 'route', 'show', 'default']), new RegExp(`via ${subnet}\\.1`));
-    await exec('ip', ['netns', 'exec', ns, 'ping', '-c', '1', '-W', '2', `${subnet}.1`]);
+    await pingUntilReply(`${subnet}.1`, { netns: ns });
     assert.ok(server.replies >= 2, 'offer and ack sent');
 
     server.removeOwner('p1');

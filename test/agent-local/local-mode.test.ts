@@ -7,6 +7,7 @@ import { LocalEnv, GUEST_KERNEL, allowedCpus, type Status } from './harness.js';
 import { existsSync } from 'node:fs';
 import * as path from 'node:path';
 import { callControl } from '../../agent/local/control.js';
+import { pingUntilReply } from '../helpers/ping.js';
 
 /** The guest's `pcilist` lines (ticks and other console output interleave with them). */
 const pciLines = (text: string): string =>
@@ -68,9 +69,9 @@ describe('agent-local: a VM pod through local mode (TCG)', function () {
     const itf = st.interfaces[0]!;
     const ip = itf.ip.split('/')[0]!;
     await env.waitSerial(st.serialLog, new RegExp(`PODVIRT-DHCP eth0 ${ip.replace(/\./g, '\\.')}/24 router=${itf.gateway.replace(/\./g, '\\.')}`));
-    await exec('ping', ['-c', '2', '-W', '3', ip]);
+    await pingUntilReply(ip);
     const from = await env.logSize(st.serialLog);
-    await env.serialSend(st.serialSocket, `ping -c 1 -W 3 ${itf.gateway} && echo PING-OK`);
+    await env.serialSend(st.serialSocket, `ping -c 3 -W 5 ${itf.gateway} && echo PING-OK`);
     await env.waitSerial(st.serialLog, /^PING-OK/m, 30_000, from);
   });
 
@@ -86,7 +87,7 @@ describe('agent-local: a VM pod through local mode (TCG)', function () {
     const lease = await env.waitSerial(st.serialLog, /PODVIRT-DHCP eth1 (\d+\.\d+\.\d+\.\d+)\/24/, 60_000, from);
     const withNic = await env.status(name);
     assert.ok(withNic.interfaces.some((i) => i.ip?.startsWith(`${lease[1]}/`)), 'status lists the hotplugged attachment');
-    await exec('ping', ['-c', '1', '-W', '3', lease[1]!]);
+    await pingUntilReply(lease[1]!);
 
     from = await env.logSize(st.serialLog);
     await callControl(sock, 'POST', `/pods/${name}/disks/hp1/unplug`, { timeoutMs: 60_000 });

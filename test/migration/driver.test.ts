@@ -18,6 +18,7 @@ import { stderrLogger } from '../../cni/logger.js';
 import { handleCniRequest } from '../../cni/skel.js';
 import { skipBecause } from '../helpers/skip.js';
 import { BareVm, guestAvailable } from './bare-qemu.js';
+import { pingUntilReply } from '../helpers/ping.js';
 
 const MiB = 2 ** 20;
 
@@ -298,7 +299,7 @@ describe('migration driver: two bare QEMUs (TCG, test guest)', function () {
     await booted(src);
     await src.type(`ip addr add ${guestIp}/24 dev eth0; ip link set eth0 up; echo NET-UP`);
     await src.waitSerial(/NET-UP/);
-    await exec('ping', ['-c', '2', '-W', '3', guestIp]);
+    await pingUntilReply(guestIp);
     const portBefore = await fdbPort();
     assert.ok(portBefore, 'bridge learned the guest MAC on the source side');
 
@@ -310,7 +311,7 @@ describe('migration driver: two bare QEMUs (TCG, test guest)', function () {
     assert.equal(res.outcome, 'completed', res.reason);
     assert.equal(await vethUp('dst'), true, 'target datapath opened at switch-over');
     await src.kill();
-    await exec('ping', ['-c', '2', '-W', '3', guestIp]);
+    await pingUntilReply(guestIp);
     const portAfter = await fdbPort();
     assert.ok(portAfter && portAfter !== portBefore, `the MAC moved to the target's port (${portBefore} -> ${portAfter})`);
     const mark = (await dst.log()).length;

@@ -6,6 +6,7 @@ import { exec } from '../../lib/exec.js';
 import { skipBecause } from '../helpers/skip.js';
 import { LocalEnv, allowedCpus, type Status } from '../agent-local/harness.js';
 import { guestAvailable } from './bare-qemu.js';
+import { pingUntilReply } from '../helpers/ping.js';
 
 /**
  * `podvirt migrate` through local mode on this machine: a second local pod with its own netns,
@@ -43,7 +44,7 @@ describe('podvirt migrate (local mode, TCG)', function () {
     src = await env.run({ name: 'mvm', blockClaims: { data: '32Mi' }, cmdline: 'console=ttyS0 panic=-1' });
     const dhcp = await env.waitSerial(src.serialLog, /PODVIRT-DHCP eth0 ([0-9.]+)\//);
     guestIp = dhcp[1]!;
-    await exec('ping', ['-c', '1', '-W', '3', guestIp]);
+    await pingUntilReply(guestIp);
     await env.serialSend(src.serialSocket, 'diskpattern write /dev/vda before-local-migration');
     await env.waitSerial(src.serialLog, /PODVIRT-DISK-WRITTEN \/dev\/vda before-local-migration/);
     let mark0 = await env.logSize(src.serialLog);
@@ -83,7 +84,7 @@ describe('podvirt migrate (local mode, TCG)', function () {
     await env.serialSend(st.serialSocket, 'echo "GUEST-MAC $(cat /sys/class/net/eth0/address)"');
     assert.equal((await env.waitSerial(st.serialLog, /GUEST-MAC ([0-9a-f:]{17})/, 20_000, mark0))[1], macBefore);
     assert.equal(st.interfaces[0]!.ip, src.interfaces[0]!.ip, 'the lease follows the guest');
-    await exec('ping', ['-c', '2', '-W', '3', guestIp]);
+    await pingUntilReply(guestIp);
     // The disk came along.
     const mark = await env.logSize(st.serialLog);
     await env.serialSend(st.serialSocket, 'echo 3 > /proc/sys/vm/drop_caches; diskpattern read /dev/vda');
@@ -108,6 +109,6 @@ describe('podvirt migrate (local mode, TCG)', function () {
     const ps = JSON.parse((await cli(['ps', '--json'])).stdout) as Array<{ name: string; phase: string }>;
     assert.deepEqual(ps.map((p) => p.name), [src.name]);
     assert.equal(ps[0]!.phase, 'Running');
-    await exec('ping', ['-c', '1', '-W', '3', guestIp]);
+    await pingUntilReply(guestIp);
   });
 });

@@ -18,6 +18,7 @@ import { handleCniRequest } from '../../cni/skel.js';
 import { exec } from '../../lib/exec.js';
 import { skipBecause } from '../helpers/skip.js';
 import { BareVm, guestAvailable } from './bare-qemu.js';
+import { pingUntilReply } from '../helpers/ping.js';
 
 const MiB = 2 ** 20;
 const MANIFEST = `apiVersion: v1
@@ -166,7 +167,7 @@ describe('local migration orchestrator (bare-QEMU host, real CNI plugin)', funct
     const t = host.pods.get(done.target)!;
     assert.equal((await queryStatus(t.vm.qmp)).status, 'running');
     assert.match((await fs.readFile(t.img)).subarray(0, 512).toString('latin1'), /^PVPAT:kept-across:END/);
-    await exec('ping', ['-c', '2', '-W', '3', host.guestIp]);
+    await pingUntilReply(host.guestIp);
     assert.equal(existsSync(path.join(dir, 'migrations', rec.id)), false, 'token and credentials gone');
     assert.equal(host.migrationLinks(), 0, 'migration attachments removed');
   });
@@ -184,7 +185,7 @@ describe('local migration orchestrator (bare-QEMU host, real CNI plugin)', funct
     assert.equal((await queryStatus(s.vm.qmp)).status, 'running');
     const last = (await s.vm.lastTick())!;
     await s.vm.waitSerial(new RegExp(`tick ${last.n + 1} `), 10_000);
-    await exec('ping', ['-c', '1', '-W', '3', host.guestIp]);
+    await pingUntilReply(host.guestIp);
   });
 });
 
@@ -249,7 +250,7 @@ class BareHost implements LocalMigrationHost {
     await p.vm.waitSerial(/PODVIRT-GUEST-READY/, 60_000);
     await p.vm.type(`ip addr add ${this.guestIp}/24 dev eth0; ip link set eth0 up; echo NET-UP`);
     await p.vm.waitSerial(/NET-UP/);
-    await exec('ping', ['-c', '1', '-W', '3', this.guestIp]);
+    await pingUntilReply(this.guestIp);
   }
 
   async source(name: string) {
