@@ -7,6 +7,7 @@ import { chmodSync, mkdirSync, statSync, unlinkSync } from 'node:fs';
 import * as net from 'node:net';
 import * as path from 'node:path';
 import { AlreadyExists } from '../lib/errors.js';
+import { attachmentDirFor, attachmentEventOf, writeAttachmentEvent, type AttachmentEvent } from './attachment-events.js';
 import { PROJECT_ROOT } from '../lib/project-root.js';
 import { CniCode, CniError } from './cni-error.js';
 import type { CniDeps } from './context.js';
@@ -31,6 +32,13 @@ export interface CniServerOptions {
    * (cni/warm-pool.ts). Defaults to dist/cni of this package; null disables the pool.
    */
   helperDir?: string | null;
+  /**
+   * Each successful tap-mode ADD and each successful DEL, after its record is written and before
+   * the answer goes back (the node agent's guest DHCP joins these with its VMs). Must not throw.
+   */
+  onAttachment?: (ev: AttachmentEvent) => void;
+  /** Where attachment records are kept (cni/attachment-events.ts); default `<socket dir>/cni-attachments`, null: none. */
+  attachmentDir?: string | null;
 }
 
 export interface CniServer {
@@ -70,6 +78,19 @@ export async function startCniServer(opts: CniServerOptions): Promise<CniServer>
   const inFlight = new Set<Promise<void>>();
   const sockets = new Set<net.Socket>();
   const baseEnv = { PATH: process.env.PATH ?? '/usr/sbin:/usr/bin:/sbin:/bin' };
+  const attachmentDir = opts.attachmentDir === undefined ? attachmentDirFor(socketPath) : opts.attachmentDir;
+  // Reporting an attachment never changes the answer the runtime gets: the network is made either way.
+  const noteAttachment = (req: { env: Record<string, string | undefined>; stdin: Buffer }, res: { exitCode: number; stdout: string }): void => {
+    if (!attachmentDir && !opts.onAttachment) return;
+    try {
+      const ev = attachmentEventOf(req, res);
+      if (!ev) return;
+      if (attachmentDir) writeAttachmentEvent(attachmentDir, ev);
+      opts.onAttachment?.(ev);
+    } catch (e) {
+      logger.warn({ err: String(e), containerId: req.env.CNI_CONTAINERID }, 'cannot record the attachment');
+    }
+  };
 
   // allowHalfOpen: the shim half-closes after its request and reads the answer afterwards.
   const server = net.createServer({ allowHalfOpen: true }, (sock) => {
@@ -95,6 +116,7 @@ export async function startCniServer(opts: CniServerOptions): Promise<CniServer>
             { command: req.env.CNI_COMMAND, containerId: req.env.CNI_CONTAINERID, exitCode: res.exitCode, ms: Number(process.hrtime.bigint() - started) / 1e6 },
             'request',
           );
+          noteAttachment(req, res);
           bytes = encodeResponse(res.exitCode, res.stdout, res.stderr);
         }
         if (!sock.destroyed) sock.end(bytes);

@@ -1,4 +1,5 @@
 import { readSync } from 'node:fs';
+import { recordStandaloneOutcome } from './attachment-events.js';
 import { CniCode, CniError } from './cni-error.js';
 import { defaultHostDeps } from './host.js';
 import { stderrLogger } from './logger.js';
@@ -37,6 +38,12 @@ export async function runStandalone(): Promise<number> {
   try {
     const stdin = process.env.CNI_COMMAND ? readStdin() : Buffer.alloc(0);
     res = await handleCniRequest({ env: process.env, stdin }, { logger, deps: { ...defaultHostDeps, delegateVersions: new Map() } });
+    try {
+      // What the agent's CNI server would have recorded, so the agent finds it later.
+      recordStandaloneOutcome({ env: process.env, stdin }, res);
+    } catch (e) {
+      logger.warn({ err: String(e) }, 'cannot record the attachment');
+    }
   } catch (e) {
     const err = e instanceof CniError ? e : new CniError(CniCode.Internal, 'internal error', String(e));
     res = { exitCode: 1, stdout: JSON.stringify(err.toJSON(CURRENT_VERSION)), stderr: '' };

@@ -11,6 +11,7 @@ import type { Logger } from '../../lib/log.js';
 import { PROJECT_ROOT } from '../../lib/project-root.js';
 import { installCniPlugin } from './cni-install.js';
 import type { VolumeFigures } from './metrics.js';
+import type { GuestDhcp } from './guest-dhcp.js';
 import type { ServerHandle } from './supervised.js';
 import type { MigrationHandoff, VmRuntime } from './vm-runtime.js';
 
@@ -31,6 +32,29 @@ export interface ComposeConfig {
 }
 
 export const SERVER_NAMES = ['cni-install', 'device-plugin', 'csi', 'cni', 'dhcp'] as const;
+
+export function cniSocketOf(c: ComposeConfig): string {
+  return c.runDir === '/run/podvirt' ? '/run/podvirt/cni.sock' : path.join(c.runDir, 'cni.sock');
+}
+
+/**
+ * The guest DHCP join (agent/kube/guest-dhcp.ts), one per composed agent: the CNI server feeds it
+ * attachments, the VM runtime feeds it VMs, the DHCP server is its sink. Keyed by the config
+ * object, which the agent's main hands to every build function.
+ */
+const guestDhcps = new WeakMap<ComposeConfig, Promise<GuestDhcp>>();
+export function guestDhcpOf(c: ComposeConfig): Promise<GuestDhcp> {
+  let g = guestDhcps.get(c);
+  if (!g) {
+    g = (async () => {
+      const { GuestDhcp } = await import('./guest-dhcp.js');
+      const { attachmentDirFor } = await import('../../cni/attachment-events.js');
+      return new GuestDhcp({ attachmentDir: attachmentDirFor(cniSocketOf(c)), log: c.log.child({ component: 'guest-dhcp' }) });
+    })();
+    guestDhcps.set(c, g);
+  }
+  return g;
+}
 
 export function csiSocketOf(c: ComposeConfig): string {
   return c.csiEndpoint ? c.csiEndpoint.replace(/^unix:(\/\/)?/, '') : path.join(c.kubeletDir, 'plugins', 'csi.podvirt.io', 'csi.sock');
@@ -85,8 +109,13 @@ export async function buildServers(c: ComposeConfig): Promise<Array<{ name: stri
     out.push({
       name: 'cni',
       start: async () => {
-        const { startCniServer, DEFAULT_CNI_SOCKET } = await import('../../cni/server.js');
-        return startCniServer({ socketPath: c.runDir === '/run/podvirt' ? DEFAULT_CNI_SOCKET : path.join(c.runDir, 'cni.sock'), logger: c.log.child({ component: 'cni' }) });
+        const { startCniServer } = await import('../../cni/server.js');
+        const guest = on('dhcp') ? await guestDhcpOf(c) : undefined;
+        return startCniServer({
+          socketPath: cniSocketOf(c),
+          logger: c.log.child({ component: 'cni' }),
+          ...(guest ? { onAttachment: (ev) => guest.onAttachment(ev) } : {}),
+        });
       },
     });
   }
@@ -97,7 +126,14 @@ export async function buildServers(c: ComposeConfig): Promise<Array<{ name: stri
         const { DhcpServer } = await import('../dhcp/server.js');
         const d = new DhcpServer({ log: c.log.child({ component: 'dhcp' }) });
         await d.start();
-        return { stop: () => d.stop() };
+        // The join's whole table goes to every (re)started server.
+        const detach = (await guestDhcpOf(c)).attachSink(d);
+        return {
+          stop: async () => {
+            detach();
+            await d.stop();
+          },
+        };
       },
     });
   }
@@ -120,10 +156,16 @@ export function csiVolumeFigures(c: ComposeConfig): () => Promise<VolumeFigures 
   };
 }
 
-/** The VM runtime: the VM core's VmController per pod (agent/kube/vm-core-runtime.ts). */
+/**
+ * The VM runtime: the VM core's VmController per pod (agent/kube/vm-core-runtime.ts), wrapped so
+ * the guest DHCP hears of every VM that comes or goes (unless `dhcp` is disabled).
+ */
 export async function buildVmRuntime(c: ComposeConfig): Promise<VmRuntime> {
   const { VmCoreRuntime } = await import('./vm-core-runtime.js');
-  return new VmCoreRuntime({ stateDir: c.stateDir, runDir: c.runDir, procRoot: c.procRoot, sysRoot: c.sysRoot, devRoot: c.devRoot, log: c.log.child({ part: 'vm' }) });
+  const core = new VmCoreRuntime({ stateDir: c.stateDir, runDir: c.runDir, procRoot: c.procRoot, sysRoot: c.sysRoot, devRoot: c.devRoot, log: c.log.child({ part: 'vm' }) });
+  if (c.disabled.has('dhcp')) return core;
+  const { LeasingRuntime } = await import('./guest-dhcp.js');
+  return new LeasingRuntime(core, await guestDhcpOf(c));
 }
 
 /**
@@ -132,10 +174,14 @@ export async function buildVmRuntime(c: ComposeConfig): Promise<VmRuntime> {
  */
 export async function buildMigration(c: ComposeConfig & { migrationAddress: string | undefined }, runtime: VmRuntime): Promise<MigrationHandoff | undefined> {
   const { VmCoreRuntime } = await import('./vm-core-runtime.js');
-  if (!c.migrationAddress || !(runtime instanceof VmCoreRuntime)) {
+  const { LeasingRuntime } = await import('./guest-dhcp.js');
+  const core = runtime instanceof LeasingRuntime ? runtime.inner : runtime;
+  if (!c.migrationAddress || !(core instanceof VmCoreRuntime)) {
     c.log.warn('no --migration-address (or $POD_IP): migrations into or out of this node are disabled');
     return undefined;
   }
   const { KubeMigration } = await import('./kube-migration.js');
-  return new KubeMigration({ runtime, controlAddress: c.migrationAddress, log: c.log.child({ part: 'migration' }) });
+  const m = new KubeMigration({ runtime: core, controlAddress: c.migrationAddress, log: c.log.child({ part: 'migration' }) });
+  // A VM migrated in gets its guest leases here like a started one.
+  return runtime instanceof LeasingRuntime ? runtime.wrapMigration(m) : m;
 }
