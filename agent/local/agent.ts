@@ -204,7 +204,10 @@ export class LocalAgent {
     const topology = rec.topology ?? migration?.topology;
     const undo: Undo[] = [];
     const t0 = performance.now();
-    const mark = (step: string) => this.o.log.info({ pod: pod.name, step, ms: Math.round(performance.now() - t0) }, 'run step done');
+    const mark = (step: string) => {
+      this.o.log.info({ pod: pod.name, step, ms: Math.round(performance.now() - t0) }, 'run step done');
+      migration?.onStep?.(step);
+    };
     const cpuCount = Math.max(shape.cpus + shape.extraCpus, pod.cpuLimit ?? 0);
     const memoryBytes = pod.memoryLimitBytes ?? shape.memoryBytes + (this.o.memoryOverheadBytes ?? 768 << 20);
     try {
@@ -302,6 +305,7 @@ export class LocalAgent {
         devices: grant,
         topology,
         ...(migration ? { incoming: true } : {}),
+        onStep: (step) => mark(`vm: ${step}`),
       });
       undo.push(() => this.o.vms.stop(pod.name, 5000));
       mark('vm');
@@ -322,7 +326,9 @@ export class LocalAgent {
         await this.store.savePod(rec);
       }
       this.phases.delete(pod.name);
-      return await this.status(pod.name);
+      const status = await this.status(pod.name);
+      mark('status');
+      return status;
     } catch (e) {
       this.o.log.warn({ pod: pod.name, err: errorMessage(e) }, 'run failed, rolling back');
       for (const u of undo.reverse()) {
@@ -525,6 +531,8 @@ export interface MigrationTargetOptions {
   topology: unknown;
   /** The guest's current address per VM network (`pod` or a NAD name): its DHCP lease moves with it. */
   guestIps: Record<string, string | undefined>;
+  /** Called as each step of the run ends (the migration's timing breakdown). */
+  onStep?: (step: string) => void;
 }
 
 /** The MAC the VM's topology gives the interface attached to `network` (`pod` or a NAD name). */

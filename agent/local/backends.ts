@@ -72,6 +72,8 @@ export interface VmStartInput {
   topology: unknown;
   /** Live migration (agent/migration): QEMU waits with `-incoming defer`, pinned, not resumed. */
   incoming?: boolean;
+  /** Called as start's own steps end (plan, QEMU up and pinned): where the time goes. */
+  onStep?: (step: string) => void;
 }
 
 /** One VM per pod, through agent core's VmController. */

@@ -86,6 +86,7 @@ export async function createVmBackend(o: { paths: LocalPaths; log: Logger; sysRo
       }
       await fs.mkdir(path.join(i.runDir, 'dev'), { recursive: true, mode: 0o755 });
       const launcherArgv = localLauncher(launcherCommand(plan.argv, sandbox), path.join(i.runDir, 'dev'), QEMU_UID, QEMU_GID, nodes);
+      i.onStep?.('planned');
       const vm = await VmController.start({ name: i.pod.name, stateDir: controllerDir(i.pod.name), log: o.log }, plan, sandbox, { launcherArgv, ...(i.incoming ? { cont: false } : {}) });
       vms.set(i.pod.name, vm);
       watch(i.pod.name, vm);

@@ -67,7 +67,7 @@ export function localMigrationHost(o: { agent: LocalAgent; networks: NetworkBack
       return { manifest: rt.manifest, qmp, netns: rt.netns, memoryBytes: spec.memory, disks };
     },
 
-    async startTarget(manifest) {
+    async startTarget(manifest, onStep) {
       const from = parseLocalManifest(manifest);
       const srcName = /(?:^|\/)([^/]+)$/.exec(from.annotations[MIGRATE_FROM_ANNOTATION] ?? '')?.[1];
       if (!srcName) throw new FailedPrecondition('target manifest lacks vm.podvirt.io/migrate-from');
@@ -75,7 +75,8 @@ export function localMigrationHost(o: { agent: LocalAgent; networks: NetworkBack
       const srcRt = await runtime(srcName);
       const guestIps: Record<string, string | undefined> = {};
       for (const a of srcRt.attachments) guestIps[a.vmNetwork] = a.ip;
-      const st = await o.agent.run(manifest, { topology: src.topology, guestIps });
+      onStep?.('source status read');
+      const st = await o.agent.run(manifest, { topology: src.topology, guestIps, ...(onStep ? { onStep } : {}) });
       const spec = parseVmSpec(from.vmSpec);
       return { name: st.name, qmp: qmpOf(st.name), netns: st.netns, taps: st.interfaces.map((i) => i.ifname), diskNodes: spec.disks.map((d) => driveNodeName(d.name)) };
     },

@@ -28,7 +28,7 @@ export interface LocalMigrationHost {
    * sandbox with its own cpuset, fresh volumes, taps as silent migration targets, QEMU from the
    * source's recorded topology with `-incoming defer`, vCPUs pinned, not resumed.
    */
-  startTarget(manifest: string): Promise<{ name: string; qmp: QmpClient; netns: string; taps: string[]; diskNodes: string[] }>;
+  startTarget(manifest: string, onStep?: (step: string) => void): Promise<{ name: string; qmp: QmpClient; netns: string; taps: string[]; diskNodes: string[] }>;
   /** A `"mode": "migration"` attachment in the pod's netns; its IPv4 address. */
   addMigrationNetwork(pod: string, netns: string): Promise<{ ip: string; remove: () => Promise<void> }>;
   /** Opens a silent tap at switch-over (the CNI plugin's activateTap). */
@@ -48,6 +48,8 @@ export interface LocalMigrationRecord {
   startedAt: string;
   progress: MigrationProgress | undefined;
   result: MigrationResult | undefined;
+  /** When each step of the whole job ended, in ms since `start` was called (where the time goes). */
+  steps?: Array<{ step: string; ms: number }>;
 }
 
 /**
@@ -73,11 +75,14 @@ export class LocalMigrations {
   async start(name: string, config: MigrationConfig): Promise<LocalMigrationRecord> {
     if (this.running.has(name)) throw new AlreadyExists(`pod ${name} is already migrating`);
     this.finished.delete(name);
+    const t0 = performance.now();
     const src = await this.host.source(name);
     const id = `mig-${randomBytes(4).toString('hex')}`;
-    const rec: LocalMigrationRecord = { id, source: name, target: undefined, startedAt: new Date().toISOString(), progress: undefined, result: undefined };
+    const rec: LocalMigrationRecord = { id, source: name, target: undefined, startedAt: new Date(Date.now() - (performance.now() - t0)).toISOString(), progress: undefined, result: undefined, steps: [] };
+    const mark = (step: string) => rec.steps!.push({ step, ms: Math.round((performance.now() - t0) * 10) / 10 });
+    mark('source facts read');
     const abort = new AbortController();
-    const done = this.follow(rec, src, config, abort.signal);
+    const done = this.follow(rec, src, config, abort.signal, mark);
     this.running.set(name, { rec, abort, done });
     void done.finally(() => {
       this.running.delete(name);
@@ -106,7 +111,13 @@ export class LocalMigrations {
     return r.rec;
   }
 
-  private async follow(rec: LocalMigrationRecord, src: Awaited<ReturnType<LocalMigrationHost['source']>>, config: MigrationConfig, signal: AbortSignal): Promise<LocalMigrationRecord> {
+  private async follow(
+    rec: LocalMigrationRecord,
+    src: Awaited<ReturnType<LocalMigrationHost['source']>>,
+    config: MigrationConfig,
+    signal: AbortSignal,
+    mark: (step: string) => void,
+  ): Promise<LocalMigrationRecord> {
     const dir = path.join(this.stateDir, rec.id);
     const undo: Array<() => Promise<unknown>> = [];
     let target: Awaited<ReturnType<LocalMigrationHost['startTarget']>> | undefined;
@@ -120,13 +131,18 @@ export class LocalMigrations {
       await writeJsonAtomic(tokenFile, { migrationId: rec.id, source: rec.source, token });
       await fs.chmod(tokenFile, 0o600);
 
-      target = await this.host.startTarget(targetManifest(src.manifest, rec.source, rec.id));
+      mark('token written');
+
+      target = await this.host.startTarget(targetManifest(src.manifest, rec.source, rec.id), (step) => mark(`target pod: ${step}`));
       rec.target = target.name;
       const t = target;
+      mark('target pod running');
       const srcMig = await this.host.addMigrationNetwork(rec.source, src.netns);
       undo.push(() => srcMig.remove());
+      mark('migration network: source');
       const dstMig = await this.host.addMigrationNetwork(t.name, t.netns);
       undo.push(() => dstMig.remove());
+      mark('migration network: target');
 
       const { token: tok } = JSON.parse(await fs.readFile(tokenFile, 'utf8')) as { token: string };
       const disks: MirroredDisk[] = src.disks.map((d) => ({ sourceNode: d.node, targetNode: d.node, sizeBytes: d.sizeBytes }));
@@ -147,6 +163,9 @@ export class LocalMigrations {
       });
       const port = await targetSide.listen('127.0.0.1', 0);
       undo.push(() => targetSide.close());
+      targetSide.on('status', (st: string) => mark(`target QEMU: ${st}`));
+      targetSide.on('resumed', () => mark('target: VM runs, confirmed'));
+      mark('target side listening');
       const sourceSide = new SourceSide({
         migrationId: rec.id,
         token: tok,
@@ -162,9 +181,15 @@ export class LocalMigrations {
         signal,
         log: this.log,
       });
-      sourceSide.on('progress', (p: MigrationProgress) => (rec.progress = p));
+      let lastPhase = '';
+      sourceSide.on('progress', (p: MigrationProgress) => {
+        rec.progress = p;
+        if (p.phase !== lastPhase) mark(`source: ${(lastPhase = p.phase)}`);
+      });
+      sourceSide.on('event', (ev: { reason: string }) => mark(`source: ${ev.reason}`));
       result = await sourceSide.run();
       rec.progress = result.progress;
+      mark('source side done');
     } catch (e) {
       const reason = errorMessage(e);
       this.log.warn({ source: rec.source, err: reason }, 'migration could not run');
@@ -173,9 +198,12 @@ export class LocalMigrations {
       result = { outcome: signal.aborted ? 'cancelled' : 'failed', reason, progress: rec.progress, postCopy: false, notes: [] };
     }
     for (const u of undo.reverse()) await u().catch((e: unknown) => this.log.warn({ err: errorMessage(e) }, 'migration clean-up step failed'));
+    mark('migration networks and control removed');
     // The loser goes: the source after a success (its volumes were copied), the target otherwise.
     if (result.outcome === 'completed') await this.host.stopPod(rec.source, { deleteVolumes: true }).catch((e: unknown) => this.log.error({ err: errorMessage(e) }, 'stopping the migrated source'));
     else if (target) await this.host.stopPod(target.name, { deleteVolumes: true }).catch((e: unknown) => this.log.error({ err: errorMessage(e) }, 'removing the migration target'));
+    mark(result.outcome === 'completed' ? 'source pod removed' : 'target pod removed');
+    this.log.info({ migrationId: rec.id, steps: rec.steps }, 'migration steps');
     // Only now: a client that sees the result must find the loser gone.
     rec.result = result;
     return rec;
