@@ -2,7 +2,7 @@ import { checkNetns, isMigrationTarget, requestedMac } from './attachment.js';
 import { CniCode, CniError } from './cni-error.js';
 import type { CniContext } from './context.js';
 import { applyLines, applyOps, ensureBridge, readLinkAttr, runBatch, startBatch, undoLines, type PendingBatch } from './host.js';
-import { delegateIpam } from './ipam.js';
+import { acquireIpam, releaseIpam } from './ipam-owner.js';
 import type { NetConf } from './netconf.js';
 import { attachmentNames, planBandwidth, planMigrationAdd, planTapAdd, randomMac, stableMac, tempTapName } from './plan.js';
 import type { CniInterface, CniResult } from './result.js';
@@ -21,7 +21,7 @@ export async function cmdAdd(ctx: CniContext, conf: NetConf): Promise<CniResult>
   const podVethMac = randomMac();
   const withMtu = conf.mtu !== undefined ? { mtu: conf.mtu } : {};
 
-  const ipam = delegateIpam(ctx, conf, 'ADD');
+  const ipam = acquireIpam(ctx, conf);
   ipam.catch(() => undefined); // awaited below; this only keeps an early rejection from being "unhandled"
   // Tap mode's tc batch needs the devices, but its process can start now (see startBatch).
   const podTc: PendingBatch | undefined = conf.mode === 'tap' ? startBatch(ctx.deps, ctx.netns, 'tc') : undefined;
@@ -89,7 +89,7 @@ export async function cmdAdd(ctx: CniContext, conf: NetConf): Promise<CniResult>
       () => false,
     );
     if (reserved) {
-      await delegateIpam(ctx, conf, 'DEL').catch((err: unknown) =>
+      await releaseIpam(ctx, conf).catch((err: unknown) =>
         ctx.logger.error({ err: String(err), containerId: ctx.containerId }, 'rollback: IPAM DEL failed'),
       );
     }

@@ -4,7 +4,7 @@ import { checkNetns } from './attachment.js';
 import { CniCode, CniError } from './cni-error.js';
 import type { CniContext } from './context.js';
 import { inNetns, linkExists } from './host.js';
-import { delegateIpam } from './ipam.js';
+import { checkIpam } from './ipam-owner.js';
 import type { NetConf } from './netconf.js';
 import { attachmentNames } from './plan.js';
 
@@ -35,7 +35,7 @@ export async function cmdCheck(ctx: CniContext, conf: NetConf): Promise<void> {
   const prev = conf.prevResult;
   if (!prev) throw new CniError(CniCode.InvalidNetworkConfig, 'Required prevResult missing');
   checkNetns(ctx, false);
-  await delegateIpam(ctx, conf, 'CHECK');
+  await checkIpam(ctx, conf, fail);
   const names = attachmentNames(conf.name, ctx.containerId, ctx.ifname);
   if (!linkExists(ctx.deps, names.hostVeth)) throw fail(`host veth ${names.hostVeth} is missing`);
   let master = '';

@@ -1,7 +1,7 @@
 import { existsSync } from 'node:fs';
 import type { CniContext } from './context.js';
 import { linkExists, runBatch } from './host.js';
-import { delegateIpam } from './ipam.js';
+import { releaseIpam } from './ipam-owner.js';
 import type { NetConf } from './netconf.js';
 import { attachmentNames, planDelPod } from './plan.js';
 
@@ -9,6 +9,7 @@ import { attachmentNames, planDelPod } from './plan.js';
  * DEL: best effort and idempotent (SPEC.md §4; containernetworking/cni#309). The netns, the links
  * or the reservation may already be gone and a second DEL must succeed; only an IPAM failure is
  * reported, because a leaked address is the one thing the runtime can retry its way out of.
+ * With an IPAM owner key the reservation is released only by its last holder (cni/ipam-owner.ts).
  */
 export async function cmdDel(ctx: CniContext, conf: NetConf): Promise<void> {
   const names = attachmentNames(conf.name, ctx.containerId, ctx.ifname);
@@ -25,7 +26,7 @@ export async function cmdDel(ctx: CniContext, conf: NetConf): Promise<void> {
       await runBatch(ctx.deps, null, 'ip', [`link del ${names.hostVeth}`], true);
     }
   })();
-  const [ipam, linkOutcome] = await Promise.allSettled([delegateIpam(ctx, conf, 'DEL'), links]);
+  const [ipam, linkOutcome] = await Promise.allSettled([releaseIpam(ctx, conf), links]);
   if (linkOutcome.status === 'rejected') {
     ctx.logger.warn({ err: String(linkOutcome.reason) }, 'DEL: link clean-up failed');
   }

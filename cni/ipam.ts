@@ -35,8 +35,18 @@ interface Raw {
   stderr: string;
 }
 
-async function run(ctx: CniContext, bin: string, command: string, stdin: string): Promise<Raw> {
+/**
+ * How one delegation differs from the request: `containerId` replaces CNI_CONTAINERID (an IPAM
+ * owner key, cni/ipam-owner.ts), `raw` replaces the config (GC's translated attachment list).
+ */
+export interface DelegateOptions {
+  containerId?: string;
+  raw?: Record<string, unknown>;
+}
+
+async function run(ctx: CniContext, bin: string, command: string, stdin: string, o: DelegateOptions = {}): Promise<Raw> {
   const env: Record<string, string | undefined> = { ...ctx.env, CNI_COMMAND: command };
+  if (o.containerId !== undefined) env.CNI_CONTAINERID = o.containerId;
   env.CNI_ARGS = stripPodvirtArgs(env.CNI_ARGS);
   if (env.CNI_ARGS === undefined) delete env.CNI_ARGS;
   return ctx.deps.pool?.exec(bin, env, stdin) ?? ctx.deps.exec(bin, [], { env, input: stdin, allowFailure: true, timeoutMs: TIMEOUT_MS });
@@ -74,10 +84,10 @@ async function delegateVersions(ctx: CniContext, bin: string): Promise<string[]>
 }
 
 /** The request's own stdin, or the config re-serialised with another `cniVersion`. */
-function withVersion(ctx: CniContext, conf: NetConf, version: string): string {
-  if (version === conf.cniVersion) return ctx.stdin.toString('utf8');
+function withVersion(ctx: CniContext, conf: NetConf, version: string, override?: Record<string, unknown>): string {
+  if (version === conf.cniVersion && !override) return ctx.stdin.toString('utf8');
   const raw: Record<string, unknown> = {};
-  for (const [k, v] of Object.entries(conf.raw)) raw[k.toLowerCase() === 'cniversion' ? 'cniVersion' : k] = v;
+  for (const [k, v] of Object.entries(override ?? conf.raw)) raw[k.toLowerCase() === 'cniversion' ? 'cniVersion' : k] = v;
   raw.cniVersion = version;
   return JSON.stringify(raw);
 }
@@ -93,13 +103,18 @@ export async function delegateSupports(ctx: CniContext, conf: NetConf, min: stri
  * Runs the IPAM plugin for `command`. ADD returns its (normalised) result; other verbs return
  * undefined. Errors are the delegate's own code and message.
  */
-export async function delegateIpam(ctx: CniContext, conf: NetConf, command: 'ADD' | 'DEL' | 'CHECK' | 'STATUS' | 'GC'): Promise<CniResult | undefined> {
+export async function delegateIpam(
+  ctx: CniContext,
+  conf: NetConf,
+  command: 'ADD' | 'DEL' | 'CHECK' | 'STATUS' | 'GC',
+  o: DelegateOptions = {},
+): Promise<CniResult | undefined> {
   if (!conf.ipamType) return undefined;
   const bin = findInPath(conf.ipamType, ctx.cniPath);
   let version = conf.cniVersion;
   const known = ctx.deps.delegateVersions.get(bin);
   if (known && !known.includes(version)) version = pickVersion(known, conf.cniVersion);
-  let r = await run(ctx, bin, command, withVersion(ctx, conf, version));
+  let r = await run(ctx, bin, command, withVersion(ctx, conf, version, o.raw), o);
   if (r.code !== 0) {
     const err = delegateError(bin, r);
     if (err.code !== CniCode.IncompatibleVersion || known) throw err;
@@ -107,7 +122,7 @@ export async function delegateIpam(ctx: CniContext, conf: NetConf, command: 'ADD
     const v2 = pickVersion(theirs, conf.cniVersion);
     if (v2 === version) throw err;
     ctx.logger.debug({ ipam: conf.ipamType, version: v2 }, 'IPAM plugin speaks an older CNI version');
-    r = await run(ctx, bin, command, withVersion(ctx, conf, v2));
+    r = await run(ctx, bin, command, withVersion(ctx, conf, v2, o.raw), o);
     if (r.code !== 0) throw delegateError(bin, r);
   }
   if (command !== 'ADD') return undefined;

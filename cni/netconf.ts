@@ -35,8 +35,10 @@ export interface NetConf {
   ipamType: string | undefined;
   dns: CniDns | undefined;
   bandwidth: Bandwidth | undefined;
-  runtimeConfig: { mac?: string; ips?: string[]; bandwidth?: Bandwidth; migrationTarget?: boolean };
-  args: { mac?: string; ips?: string[]; migrationTarget?: boolean };
+  runtimeConfig: { mac?: string; ips?: string[]; bandwidth?: Bandwidth; migrationTarget?: boolean; ipamKey?: string };
+  args: { mac?: string; ips?: string[]; migrationTarget?: boolean; ipamKey?: string };
+  /** Where keyed IPAM reservations are recorded (cni/ipam-owner.ts). */
+  stateDir: string;
   prevResult: CniResult | undefined;
   validAttachments: Attachment[] | undefined;
   /** The config exactly as received, for delegation to IPAM. */
@@ -44,6 +46,11 @@ export interface NetConf {
 }
 
 export const DEFAULT_BRIDGE = 'podvirt0';
+/** Next to host-local's default store (/var/lib/cni/networks): both must survive a reboot together. */
+export const DEFAULT_STATE_DIR = '/var/lib/cni/podvirt';
+/** An IPAM owner key becomes the delegate's CNI_CONTAINERID, so it obeys the same rules (plus a length cap for file names). */
+const IPAM_KEY_RE = /^[a-zA-Z0-9][a-zA-Z0-9_.-]*$/;
+export const MAX_IPAM_KEY = 128;
 export const MAX_CONFIG_BYTES = 1024 * 1024;
 
 /** Keys the plugin accepts at the top level, canonical spelling. Go matches JSON keys case-insensitively; so do we. */
@@ -72,6 +79,7 @@ const TOP_KEYS = [
   'migrationTarget',
   'bandwidth',
   'agentSocket',
+  'stateDir',
 ] as const;
 type TopKey = (typeof TOP_KEYS)[number];
 const CANON = new Map<string, TopKey>(TOP_KEYS.map((k) => [k.toLowerCase(), k]));
@@ -124,6 +132,14 @@ function optInt(v: unknown, what: string, min: number, max: number): number | un
 function optStr(v: unknown, what: string): string | undefined {
   if (v === undefined || v === null) return undefined;
   if (typeof v !== 'string') throw invalid(`${what} must be a string`);
+  return v;
+}
+function optIpamKey(v: unknown, what: string): string | undefined {
+  if (v === undefined || v === null) return undefined;
+  if (typeof v !== 'string') throw invalid(`${what} must be a string`);
+  if (!IPAM_KEY_RE.test(v) || v.length > MAX_IPAM_KEY) {
+    throw invalid(`invalid ${what} ${JSON.stringify(v.slice(0, MAX_IPAM_KEY + 1))}`, `an IPAM key is 1-${MAX_IPAM_KEY} characters of [A-Za-z0-9_.-], starting with a letter or digit`);
+  }
   return v;
 }
 function optIps(v: unknown, what: string): string[] | undefined {
@@ -224,7 +240,7 @@ export function parseNetConf(raw: Obj): NetConf {
 
   const rcRaw = o.runtimeConfig ?? {};
   if (!isObj(rcRaw)) throw invalid('runtimeConfig must be an object');
-  const rc = canonical(rcRaw, ['mac', 'ips', 'bandwidth', 'migrationTarget']);
+  const rc = canonical(rcRaw, ['mac', 'ips', 'bandwidth', 'migrationTarget', 'ipamKey']);
   const runtimeConfig: NetConf['runtimeConfig'] = {};
   const rcMac = optStr(rc.mac, 'runtimeConfig.mac');
   if (rcMac) runtimeConfig.mac = normalizeMac(rcMac, 'runtimeConfig.mac');
@@ -234,12 +250,14 @@ export function parseNetConf(raw: Obj): NetConf {
   if (rcBw) runtimeConfig.bandwidth = rcBw;
   const rcTarget = optBool(rc.migrationTarget, 'runtimeConfig.migrationTarget');
   if (rcTarget !== undefined) runtimeConfig.migrationTarget = rcTarget;
+  const rcKey = optIpamKey(rc.ipamKey, 'runtimeConfig.ipamKey');
+  if (rcKey !== undefined) runtimeConfig.ipamKey = rcKey;
 
   const argsRaw = o.args ?? {};
   if (!isObj(argsRaw)) throw invalid('args must be an object');
   const cniArgsRaw = canonical(argsRaw, ['cni']).cni ?? {};
   if (!isObj(cniArgsRaw)) throw invalid('args.cni must be an object');
-  const ca = canonical(cniArgsRaw, ['mac', 'ips', 'migrationTarget']);
+  const ca = canonical(cniArgsRaw, ['mac', 'ips', 'migrationTarget', 'ipamKey']);
   const args: NetConf['args'] = {};
   const aMac = optStr(ca.mac, 'args.cni.mac');
   if (aMac) args.mac = normalizeMac(aMac, 'args.cni.mac');
@@ -247,6 +265,11 @@ export function parseNetConf(raw: Obj): NetConf {
   if (aIps) args.ips = aIps;
   const aTarget = typeof ca.migrationTarget === 'string' ? parseBool(ca.migrationTarget, 'args.cni.migrationTarget') : optBool(ca.migrationTarget, 'args.cni.migrationTarget');
   if (aTarget !== undefined) args.migrationTarget = aTarget;
+  const aKey = optIpamKey(ca.ipamKey, 'args.cni.ipamKey');
+  if (aKey !== undefined) args.ipamKey = aKey;
+
+  const stateDir = optStr(o.stateDir, 'stateDir') ?? DEFAULT_STATE_DIR;
+  if (!stateDir.startsWith('/')) throw invalid('stateDir must be an absolute path');
 
   const bandwidth = optBandwidth(o.bandwidth, 'bandwidth');
   if (bandwidth && mode !== 'migration') throw new CniError(CniCode.UnsupportedField, 'unsupported field "bandwidth": only mode "migration" has a bandwidth cap');
@@ -292,6 +315,7 @@ export function parseNetConf(raw: Obj): NetConf {
     bandwidth,
     runtimeConfig,
     args,
+    stateDir,
     prevResult,
     validAttachments,
     raw,

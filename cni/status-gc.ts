@@ -3,6 +3,7 @@ import { CniCode, CniError } from './cni-error.js';
 import type { CniContext } from './context.js';
 import { runBatch } from './host.js';
 import { delegateIpam, delegateSupports } from './ipam.js';
+import { gcDelegateConfig, gcOwners } from './ipam-owner.js';
 import type { NetConf } from './netconf.js';
 import { attachmentNames } from './plan.js';
 
@@ -18,7 +19,9 @@ export async function cmdStatus(ctx: CniContext, conf: NetConf): Promise<void> {
 /**
  * GC (1.1): removes this network's host veths (found by the network's link group) that belong
  * to no attachment in `cni.dev/valid-attachments` (a veth normally dies with its netns; this
- * catches netns that were leaked while held open), then forwards GC to IPAM when it knows GC.
+ * catches netns that were leaked while held open), releases IPAM owner keys no valid attachment
+ * holds any more, then forwards GC to IPAM when it knows GC, with the keys still held added to
+ * the valid attachments (the delegate knows those reservations by key, not by container ID).
  * Continues past errors and reports the first.
  */
 export async function cmdGc(ctx: CniContext, conf: NetConf): Promise<void> {
@@ -38,8 +41,12 @@ export async function cmdGc(ctx: CniContext, conf: NetConf): Promise<void> {
   } catch (e) {
     errors.push(e);
   }
+  const owners = await gcOwners(ctx, conf);
+  errors.push(...owners.errors);
   try {
-    if (conf.ipamType && (await delegateSupports(ctx, conf, '1.1.0'))) await delegateIpam(ctx, conf, 'GC');
+    if (conf.ipamType && (await delegateSupports(ctx, conf, '1.1.0'))) {
+      await delegateIpam(ctx, conf, 'GC', conf.validAttachments === undefined ? {} : { raw: gcDelegateConfig(conf.raw, owners.attachments) });
+    }
   } catch (e) {
     errors.push(e);
   }
