@@ -175,7 +175,7 @@ describe('chart: rendered manifests', () => {
           for (const rule of (role.rules ?? []) as { apiGroups: string[]; resources: string[]; verbs: string[] }[]) {
             for (const list of [rule.apiGroups, rule.resources, rule.verbs]) assert.ok(!list.some((x) => x.includes('*')), `wildcard in ${role.kind}`);
             assert.ok(!rule.verbs.includes('escalate') && !rule.verbs.includes('bind') && !rule.verbs.includes('impersonate'));
-            assert.ok(!rule.resources.includes('secrets'), 'the agent never reads secrets');
+            if (role.kind === 'ClusterRole') assert.ok(!rule.resources.includes('secrets'), 'no cluster-wide access to Secrets');
           }
         }
         const sa = podSpec(r).serviceAccountName;
@@ -432,7 +432,27 @@ describe('chart: rendered manifests', () => {
         'snapshot.storage.k8s.io volumesnapshotclasses: get,list,watch',
       ]);
       const role = one(render({}), 'Role');
-      assert.deepEqual(role.rules, [{ apiGroups: ['storage.k8s.io'], resources: ['csistoragecapacities'], verbs: ['get', 'list', 'watch', 'create', 'update', 'patch', 'delete'] }]);
+      assert.deepEqual(role.rules, [
+        { apiGroups: ['storage.k8s.io'], resources: ['csistoragecapacities'], verbs: ['get', 'list', 'watch', 'create', 'update', 'patch', 'delete'] },
+        { apiGroups: [''], resources: ['secrets'], verbs: ['get', 'list', 'create', 'delete'] },
+      ]);
+    });
+
+    it('Secrets (migration tokens): only through the namespaced Role, in the release namespace, never cluster-wide', () => {
+      for (const opts of [{}, { namespace: 'virt', releaseName: 'podvirt-prod' }]) {
+        const r = render(opts);
+        const ns = opts.namespace ?? 'podvirt';
+        const grants = (m: Manifest) => ((m.rules ?? []) as { apiGroups: string[]; resources: string[] }[]).some((x) => x.apiGroups.includes('') && x.resources.includes('secrets'));
+        assert.deepEqual(r.all.filter((m) => m.kind === 'ClusterRole' && grants(m)), [], 'a ClusterRole grants secrets');
+        const roles = r.all.filter((m) => m.kind === 'Role' && grants(m));
+        assert.equal(roles.length, 1);
+        assert.equal(roles[0]!.metadata.namespace, ns);
+        // Bound only by a RoleBinding in the same namespace (a ClusterRoleBinding to a Role is impossible; to be sure no other binding points at it).
+        const bindings = r.all.filter((m) => m.kind.endsWith('Binding') && (m.roleRef as { kind: string; name: string }).kind === 'Role' && (m.roleRef as { name: string }).name === roles[0]!.metadata.name);
+        assert.deepEqual(bindings.map((b) => `${b.kind}/${b.metadata.namespace}`), [`RoleBinding/${ns}`]);
+        const container = podSpec(r).containers.find((c) => c.name === 'agent')!;
+        assert.equal(container.env?.find((e) => e.name === 'POD_NAMESPACE')?.valueFrom?.fieldRef?.fieldPath, 'metadata.namespace', 'the agent learns its namespace (where the Secrets live)');
+      }
     });
 
     it('the metrics Service points at the agent metrics port; the ServiceMonitor needs its API', () => {
