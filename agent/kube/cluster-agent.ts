@@ -11,6 +11,7 @@ import { errorMessage } from '../../lib/errors.js';
 import type { Logger } from '../../lib/log.js';
 import { detectCgroupLayout, type CgroupLayout } from '../sandbox/cgroup-layout.js';
 import { EventRecorder } from './event-recorder.js';
+import { MigrationSecretStore } from './migration-secrets.js';
 import { HealthServer } from './health-server.js';
 import { AgentMetrics, type VolumeFigures } from './metrics.js';
 import { applyNodeLabels, gatherNodeFacts, planNodeLabels } from './node-labels.js';
@@ -26,6 +27,10 @@ export interface ClusterAgentOptions {
   node: string;
   runtime: VmRuntime;
   migration?: MigrationHandoff;
+  /** The agents' namespace (`$POD_NAMESPACE`): migration tokens live there as Secrets. */
+  namespace?: string;
+  /** This agent's pod (`$POD_NAME`): owner of the migration Secrets it creates. */
+  agentPod?: string;
   log: Logger;
   version: string;
   /** `[host]:port` for /metrics, /healthz, /readyz; empty disables. */
@@ -48,6 +53,7 @@ export class ClusterAgent {
   readonly reconciler: PodReconciler;
   readonly metrics: AgentMetrics;
   readonly servers: Supervised[];
+  readonly migrationSecrets: MigrationSecretStore | undefined;
   private health: HealthServer | undefined;
   private nodeObj: V1Node | undefined;
   private labelled = false;
@@ -59,6 +65,9 @@ export class ClusterAgent {
   constructor(private readonly o: ClusterAgentOptions) {
     this.informer = new PodInformer(o.kc, o.node, o.log.child({ part: 'informer' }));
     let layout = o.layout;
+    this.migrationSecrets = o.migration
+      ? new MigrationSecretStore({ kc: o.kc, namespace: o.namespace ?? 'default', node: o.node, ownerPod: o.agentPod, log: o.log.child({ part: 'migration-secrets' }) })
+      : undefined;
     this.reconciler = new PodReconciler({
       node: o.node,
       runtime: o.runtime,
@@ -70,6 +79,7 @@ export class ClusterAgent {
         return discoverPodSandbox(uid, cid, { layout, ...(o.procRoot ? { procRoot: o.procRoot } : {}) });
       },
       ...(o.migration ? { migration: o.migration } : {}),
+      ...(this.migrationSecrets ? { secrets: this.migrationSecrets } : {}),
       log: o.log.child({ part: 'reconciler' }),
       ...(o.stopTimeoutMs !== undefined ? { stopTimeoutMs: o.stopTimeoutMs } : {}),
       ...(o.retryInitialMs !== undefined ? { retryInitialMs: o.retryInitialMs } : {}),
@@ -129,6 +139,14 @@ export class ClusterAgent {
       this.metrics.serverUp.set({ server: s.name }, s.up ? 1 : 0);
     }
     if (o.labelNode !== false) this.bg.push(this.labelLoop());
+    if (this.migrationSecrets) {
+      // A migration into this node does not survive its agent: what an earlier run left is stale.
+      const n = await this.migrationSecrets.collectStale().catch((e: unknown) => {
+        o.log.warn({ err: errorMessage(e) }, 'cannot collect stale migration Secrets');
+        return 0;
+      });
+      if (n) o.log.info({ deleted: n }, 'stale migration Secrets deleted');
+    }
     await this.informer.start();
     this.reconciler.resyncAll(this.informer.list());
     this.resyncTimer = setInterval(() => {

@@ -9,16 +9,24 @@
  * network attachment's, when the pod names one with `vm.podvirt.io/migration-network`), so the
  * stream goes pod to pod, never through the agents.
  * Source node: on the request, run the driver's source half on the VM's QMP.
+ *
+ * Node-local disks (podvirt CSI volumes, see local-volumes.ts): the target pod's own claims were
+ * provisioned empty on the target node; the target QEMU exports them over NBD on its migration
+ * address (TLS with the migration's credentials), and the source mirrors its disks into them
+ * before RAM moves. Volumes of other drivers are taken as shared and left alone.
  */
 import * as path from 'node:path';
 import type { V1Pod } from '@kubernetes/client-node';
 import { FailedPrecondition, errorMessage } from '../../lib/errors.js';
 import type { Logger } from '../../lib/log.js';
 import { DEFAULT_MIGRATION_CONFIG, type MigrationConfig } from '../migration/config.js';
-import { newMigrationToken } from '../migration/control.js';
+import { ControlClient, newMigrationToken } from '../migration/control.js';
+import type { MirroredDisk } from '../migration/plan.js';
+import { postCopySupported } from '../migration/postcopy-support.js';
 import type { MigrationProgress as DriverProgress } from '../migration/progress.js';
 import { SourceSide } from '../migration/source.js';
 import { TargetSide } from '../migration/target.js';
+import { nodeLocalDisks, nodeLocalVolumes, type VolumeLookup } from './local-volumes.js';
 import type { VmCoreRuntime } from './vm-core-runtime.js';
 import type { MigrationHandoff, MigrationOutcome, MigrationProgress, MigrationRequest, VmReport, VmTarget } from './vm-runtime.js';
 
@@ -33,6 +41,13 @@ export interface KubeMigrationOptions {
   log: Logger;
   /** How long a target waits for the source to finish. */
   timeoutMs?: number;
+  /**
+   * PVC/PV reads that tell node-local volumes from shared ones. Without it every volume counts
+   * as shared (nothing is mirrored).
+   */
+  volumes?: VolumeLookup;
+  /** `vm.unprivileged_userfaultfd` (tests point it elsewhere). */
+  userfaultfdSysctl?: string;
 }
 
 /** Where the target QEMU listens: the migration attachment's IP, else the pod IP (pure). */
@@ -75,18 +90,22 @@ export class KubeMigration implements MigrationHandoff {
 
   async migrateInto(target: VmTarget, source: string, ask: (r: MigrationRequest) => Promise<void>, progress: (p: MigrationProgress) => void): Promise<VmReport> {
     const address = migrationAddressOf(target.pod);
+    // Decided before QEMU starts: a volume nobody can classify fails the migration, not the VM.
+    const localDisks = this.o.volumes ? nodeLocalDisks(target.pod, await nodeLocalVolumes(target.pod, this.o.volumes)) : [];
+    const owner = this.o.runtime.runAs(target.pod);
+    const uffd = await postCopySupported({ qemuUid: owner.uid, ...(this.o.userfaultfdSysctl ? { sysctlPath: this.o.userfaultfdSysctl } : {}) });
     const vm = await this.o.runtime.startIncoming(target);
     const migrationId = `${target.pod.metadata!.uid!.slice(0, 8)}${Date.now().toString(36)}`;
     const token = newMigrationToken();
     const runDir = this.o.runtime.runDirOf(target.pod);
-    const owner = this.o.runtime.runAs(target.pod);
     const side = new TargetSide({
       migrationId,
       token,
       qmp: vm.qmp,
       migrationAddress: address,
-      localDiskNodes: [],
-      postCopySupported: false,
+      localDiskNodes: localDisks.map((d) => d.node),
+      fillAllLocalDisks: true,
+      postCopySupported: uffd,
       tlsWorkDir: path.join(runDir, '..', `${path.basename(runDir)}-mig-ca`),
       tlsQemuDir: path.join(runDir, 'mig-tls'),
       qemuOwner: owner,
@@ -122,9 +141,47 @@ export class KubeMigration implements MigrationHandoff {
     }
   }
 
-  async migrateOut(key: string, req: MigrationRequest, progress: (p: MigrationProgress) => void): Promise<MigrationOutcome> {
+  /** The source's node-local disks with their sizes, as the driver mirrors them. */
+  private async mirroredDisks(pod: V1Pod | undefined, qmp: { execute<T>(cmd: string): Promise<T> }): Promise<MirroredDisk[]> {
+    if (!pod || !this.o.volumes) return [];
+    const local = nodeLocalDisks(pod, await nodeLocalVolumes(pod, this.o.volumes));
+    if (!local.length) return [];
+    const blocks = await qmp.execute<Array<{ inserted?: { 'node-name'?: string; image?: { 'virtual-size': number } } }>>('query-block');
+    return local.map((d) => {
+      const size = blocks.find((b) => b.inserted?.['node-name'] === d.node)?.inserted?.image?.['virtual-size'];
+      if (!size) throw new FailedPrecondition(`disk ${d.disk}: no block node ${d.node} in the running VM`);
+      // Same node name on both sides: the target runs from the source's recorded topology.
+      return { sourceNode: d.node, targetNode: d.node, sizeBytes: size };
+    });
+  }
+
+  /** Tells a waiting target that this source will not send (it would otherwise wait for its timeout). */
+  private async refuse(req: MigrationRequest, reason: string): Promise<void> {
+    try {
+      const c = await ControlClient.connect({ host: req.control.host, port: req.control.port, migrationId: req.migrationId, token: req.token, timeoutMs: 5000 });
+      c.notify('abort', { reason });
+      await new Promise((r) => setTimeout(r, 50));
+      c.close();
+    } catch (e) {
+      this.o.log.warn({ migrationId: req.migrationId, err: errorMessage(e) }, 'cannot tell the target that the migration is off');
+    }
+  }
+
+  async migrateOut(key: string, req: MigrationRequest, progress: (p: MigrationProgress) => void, pod?: V1Pod): Promise<MigrationOutcome> {
     const vm = this.o.runtime.controller(key);
-    if (!vm) throw new FailedPrecondition(`no running VM for ${key} on this node`);
+    if (!vm) {
+      await this.refuse(req, 'no running VM on the source node');
+      throw new FailedPrecondition(`no running VM for ${key} on this node`);
+    }
+    let disks: MirroredDisk[];
+    let uffd: boolean;
+    try {
+      disks = await this.mirroredDisks(pod, vm.qmp);
+      uffd = await postCopySupported({ qemuUid: vm.stateSnapshot.sandbox.uid, ...(this.o.userfaultfdSysctl ? { sysctlPath: this.o.userfaultfdSysctl } : {}) });
+    } catch (e) {
+      await this.refuse(req, errorMessage(e));
+      throw e;
+    }
     const side = new SourceSide({
       migrationId: req.migrationId,
       token: req.token,
@@ -132,8 +189,8 @@ export class KubeMigration implements MigrationHandoff {
       qmp: vm.qmp,
       config: this.config,
       memoryBytes: vm.topology.memoryBytes,
-      disks: [],
-      postCopySupported: false,
+      disks,
+      postCopySupported: uffd,
       tlsHostname: req.tlsHostname,
       tlsQemuDir: path.join(vm.stateSnapshot.runDir, `mig-tls-${req.migrationId}`),
       qemuOwner: { uid: vm.stateSnapshot.sandbox.uid, gid: vm.stateSnapshot.sandbox.gid },

@@ -69,6 +69,8 @@ export async function main(argv: string[]): Promise<number> {
     disabled,
     log,
     migrationAddress: f['migration-address'] ?? process.env.POD_IP,
+    // Migrations read claims and volumes (which disks are node-local).
+    kc,
   };
   const runtime = await buildVmRuntime(cfg);
   const migration = await buildMigration(cfg, runtime);
@@ -77,6 +79,8 @@ export async function main(argv: string[]): Promise<number> {
     node,
     runtime,
     ...(migration ? { migration } : {}),
+    ...(process.env.POD_NAMESPACE ? { namespace: process.env.POD_NAMESPACE } : {}),
+    ...(process.env.POD_NAME ? { agentPod: process.env.POD_NAME } : {}),
     log,
     version: PACKAGE_VERSION,
     metricsAddr: f['metrics-addr'],

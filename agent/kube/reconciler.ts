@@ -9,12 +9,13 @@ import { Backoff } from '../../lib/backoff.js';
 import { errorMessage, isPodvirtError } from '../../lib/errors.js';
 import type { Logger } from '../../lib/log.js';
 import type { EventRecorder } from './event-recorder.js';
+import type { MigrationSecretStore } from './migration-secrets.js';
 import { ANN_CONTAINER, ANN_MIGRATE_FROM, ANN_MIGRATION, ANN_MIGRATION_REQUEST, ANN_SPEC, ANN_STATUS, ANN_TOPOLOGY, COND_VM_READY, DEFAULT_CONTAINER } from './names.js';
 import { podVmInput } from '../spec/index.js';
 import { runtimeIdOf, type DiscoveredSandbox } from './pod-discovery.js';
 import { podKey } from './pod-informer.js';
 import type { PodRef, PodWriter } from './pod-writer.js';
-import type { MigrationHandoff, MigrationProgress, MigrationRequest, VmExit, VmReport, VmRuntime, VmTarget } from './vm-runtime.js';
+import type { MigrationHandoff, MigrationProgress, MigrationRequest, PublishedMigrationRequest, VmExit, VmReport, VmRuntime, VmTarget } from './vm-runtime.js';
 
 export interface ReconcilerDeps {
   node: string;
@@ -25,6 +26,8 @@ export interface ReconcilerDeps {
   getPod: (key: string) => V1Pod | undefined;
   discover: (podUid: string, containerId: string | undefined) => Promise<DiscoveredSandbox>;
   migration?: MigrationHandoff;
+  /** Where migration tokens live (a Secret per migration in the agents' namespace); required for migrations. */
+  secrets?: MigrationSecretStore;
   onMigrationProgress?: (key: string, p: MigrationProgress) => void;
   log: Logger;
   stopTimeoutMs?: number;
@@ -176,7 +179,7 @@ export class PodReconciler {
         this.vms.set(key, { state: 'exited', uid, phase: ended.phase === 'Stopped' ? 'Stopped' : 'Failed', reason: ended.reason ?? ended.phase });
         return;
       } else if (ann[ANN_MIGRATE_FROM]) {
-        if (!this.d.migration) {
+        if (!this.d.migration || !this.d.secrets) {
           await this.fail(key, pod, 'MigrationUnavailable', 'this agent has no migration support; target pod left waiting', false);
           return;
         }
@@ -184,17 +187,28 @@ export class PodReconciler {
         await this.d.events.record(pod, 'Normal', 'Migrating', `migrating VM from ${source}`);
         migrating = source;
         const [sns, sname] = source.split('/') as [string, string];
-        report = await this.d.migration.migrateInto(
-          target,
-          source,
-          async (req) => {
-            await this.d.writer.annotate({ namespace: sns, name: sname }, { [ANN_MIGRATION_REQUEST]: JSON.stringify(req) });
-          },
-          (p) => {
-            this.d.onMigrationProgress?.(key, p);
-            void this.d.writer.annotate(this.ref(pod), { [ANN_MIGRATION]: JSON.stringify({ source, ...p }) }).catch(() => undefined);
-          },
-        );
+        const secrets = this.d.secrets;
+        let secretOf: string | undefined;
+        try {
+          report = await this.d.migration.migrateInto(
+            target,
+            source,
+            async (req) => {
+              // The token goes into a Secret only the agents can read; the pod gets its name.
+              const secretName = await secrets.create(req.migrationId, req.token, { source, target: key });
+              secretOf = req.migrationId;
+              const published: PublishedMigrationRequest = { migrationId: req.migrationId, target: req.target, control: req.control, tlsHostname: req.tlsHostname, secretName };
+              await this.d.writer.annotate({ namespace: sns, name: sname }, { [ANN_MIGRATION_REQUEST]: JSON.stringify(published) });
+            },
+            (p) => {
+              this.d.onMigrationProgress?.(key, p);
+              void this.d.writer.annotate(this.ref(pod), { [ANN_MIGRATION]: JSON.stringify({ source, ...p }) }).catch(() => undefined);
+            },
+          );
+        } finally {
+          // Ended either way: the token is worthless from now on, and so is its Secret.
+          if (secretOf) await secrets.delete(secretOf).catch((e: unknown) => this.d.log.warn({ pod: key, err: errorMessage(e) }, 'cannot delete the migration Secret'));
+        }
         await this.d.writer.annotate(this.ref(pod), { [ANN_MIGRATION]: JSON.stringify({ source, phase: 'completed', percent: 100 }) }).catch(() => undefined);
         how = 'Migrated';
       } else {
@@ -231,24 +245,33 @@ export class PodReconciler {
   /** Source side: a target agent asked for this VM; runs beside the per-key queue (it takes long). */
   private maybeMigrateOut(key: string, pod: V1Pod): void {
     const raw = pod.metadata?.annotations?.[ANN_MIGRATION_REQUEST];
-    if (!raw || !this.d.migration) return;
-    let req: MigrationRequest;
+    if (!raw || !this.d.migration || !this.d.secrets) return;
+    let published: PublishedMigrationRequest;
     try {
-      req = JSON.parse(raw) as MigrationRequest;
+      published = JSON.parse(raw) as PublishedMigrationRequest;
     } catch {
       return;
     }
-    if (!req.migrationId || this.outgoing.has(req.migrationId)) return;
-    this.outgoing.add(req.migrationId);
+    if (typeof published.migrationId !== 'string' || !published.migrationId || this.outgoing.has(published.migrationId)) return;
+    this.outgoing.add(published.migrationId);
     const ref = this.ref(pod);
+    const secrets = this.d.secrets;
     void (async () => {
-      await this.d.events.record(pod, 'Normal', 'Migrating', `sending VM to ${req.target}`);
+      await this.d.events.record(pod, 'Normal', 'Migrating', `sending VM to ${published.target}`);
       let outcome;
+      const req: MigrationRequest = { migrationId: published.migrationId, target: published.target, control: published.control, tlsHostname: published.tlsHostname, token: '' };
       try {
-        outcome = await this.d.migration!.migrateOut(key, req, (p) => {
-          this.d.onMigrationProgress?.(key, p);
-          void this.d.writer.annotate(ref, { [ANN_MIGRATION]: JSON.stringify({ target: req.target, ...p }) }).catch(() => undefined);
-        });
+        // Only a request whose token the agents themselves stored counts: pod writers cannot forge one.
+        req.token = await secrets.token(published.migrationId, String(published.secretName));
+        outcome = await this.d.migration!.migrateOut(
+          key,
+          req,
+          (p) => {
+            this.d.onMigrationProgress?.(key, p);
+            void this.d.writer.annotate(ref, { [ANN_MIGRATION]: JSON.stringify({ target: req.target, ...p }) }).catch(() => undefined);
+          },
+          pod,
+        );
       } catch (e) {
         outcome = { outcome: 'failed' as const, reason: errorMessage(e) };
       }

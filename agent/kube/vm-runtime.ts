@@ -71,7 +71,7 @@ export interface MigrationProgress {
   totalTimeMs?: number;
 }
 
-/** What the target side asks of the source side (published on the source pod). */
+/** What the target side asks of the source side. */
 export interface MigrationRequest {
   migrationId: string;
   /** `<ns>/<name>` of the target pod. */
@@ -82,6 +82,12 @@ export interface MigrationRequest {
   /** Name in the target's TLS server certificate. */
   tlsHostname: string;
 }
+
+/**
+ * The request as published on the source pod (`vm.podvirt.io/migration-request`): everything but
+ * the token, which stays in the Secret `secretName` in the agents' namespace.
+ */
+export type PublishedMigrationRequest = Omit<MigrationRequest, 'token'> & { secretName: string };
 
 export interface MigrationOutcome {
   outcome: 'completed' | 'failed' | 'cancelled';
@@ -102,6 +108,9 @@ export interface MigrationHandoff {
    * report once the VM runs here.
    */
   migrateInto(target: VmTarget, source: string, ask: (r: MigrationRequest) => Promise<void>, progress: (p: MigrationProgress) => void): Promise<VmReport>;
-  /** The source half, run by the source node's agent for a running VM when a request appears. */
-  migrateOut(key: string, request: MigrationRequest, progress: (p: MigrationProgress) => void): Promise<MigrationOutcome>;
+  /**
+   * The source half, run by the source node's agent for a running VM when a request appears;
+   * `pod` is the source pod (which of its volumes are node-local decides what is mirrored).
+   */
+  migrateOut(key: string, request: MigrationRequest, progress: (p: MigrationProgress) => void, pod?: V1Pod): Promise<MigrationOutcome>;
 }

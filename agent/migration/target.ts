@@ -21,6 +21,11 @@ export interface TargetSideOptions {
   migrationAddress: string;
   /** Block node names of the target VM's disks that must be filled from the source (node-local volumes). */
   localDiskNodes: string[];
+  /**
+   * Refuse a source that would leave one of `localDiskNodes` unfilled (the VM would run on an
+   * empty volume). Off by default: local mode and the driver tests name only what they mirror.
+   */
+  fillAllLocalDisks?: boolean;
   /** Whether this QEMU may use userfaultfd. */
   postCopySupported: boolean;
   /** Where to keep the CA (root only) and the directory QEMU reads its credentials from. */
@@ -99,6 +104,10 @@ export class TargetSide extends EventEmitter {
     const disks = (Array.isArray(body.disks) ? body.disks : []) as MirroredDisk[];
     for (const d of disks) {
       if (!this.o.localDiskNodes.includes(d.targetNode)) throw new InvalidArgument(`migration: the target has no local disk node ${JSON.stringify(d.targetNode)} to fill`);
+    }
+    if (this.o.fillAllLocalDisks) {
+      const unfilled = this.o.localDiskNodes.filter((n) => !disks.some((d) => d.targetNode === n));
+      if (unfilled.length) throw new FailedPrecondition(`migration: the source does not mirror the target's node-local disk(s) ${unfilled.join(', ')}; the VM would find them empty`);
     }
     const hostname = String(body.tlsHostname ?? '');
     const plan = planMigration({

@@ -1,7 +1,7 @@
 /**
  * An in-process Kubernetes API server for tests: the real REST paths and the real watch protocol
  * for the few resources podvirt touches (pods with their status subresource, core and
- * events.k8s.io events, nodes, leases), so the real `@kubernetes/client-node` talks to it
+ * events.k8s.io events, nodes, leases, secrets, claims and volumes), so the real `@kubernetes/client-node` talks to it
  * unchanged over HTTP on 127.0.0.1.
  *
  * What it keeps faithful: one global, monotonically increasing resourceVersion stamped on every
@@ -39,6 +39,10 @@ export const RESOURCES: ResourceDef[] = [
   { group: '', version: 'v1', plural: 'namespaces', kind: 'Namespace', namespaced: false, hasStatus: true },
   { group: 'events.k8s.io', version: 'v1', plural: 'events', kind: 'Event', namespaced: true, hasStatus: false },
   { group: 'coordination.k8s.io', version: 'v1', plural: 'leases', kind: 'Lease', namespaced: true, hasStatus: false },
+  // Migration tokens (Secrets in the agents' namespace); claims and volumes tell node-local disks.
+  { group: '', version: 'v1', plural: 'secrets', kind: 'Secret', namespaced: true, hasStatus: false },
+  { group: '', version: 'v1', plural: 'persistentvolumeclaims', kind: 'PersistentVolumeClaim', namespaced: true, hasStatus: true },
+  { group: '', version: 'v1', plural: 'persistentvolumes', kind: 'PersistentVolume', namespaced: false, hasStatus: true },
 ];
 
 const apiVersionOf = (r: ResourceDef) => (r.group ? `${r.group}/${r.version}` : r.version);
