@@ -7,7 +7,31 @@ import { parseResult } from '../../cni/result.js';
 import { FailedPrecondition } from '../../lib/errors.js';
 import { PROJECT_ROOT } from '../../lib/project-root.js';
 import type { NetworkBackend } from './backends.js';
+import { NETWORKS_ANNOTATION, type LocalPod, type NetworkSelection } from './manifest.js';
+import { vmIpamKey } from './networks.js';
 import type { AttachmentRecord } from './pod-store.js';
+
+/**
+ * The selection's `cni-args` from the Multus annotation (JSON form), which Multus hands the plugin
+ * as `args.cni`. Local mode's manifest parser keeps only the fields it needs; this reads the rest.
+ */
+export function selectionCniArgs(pod: Pick<LocalPod, 'annotations'>, sel: NetworkSelection): Record<string, unknown> | undefined {
+  const text = pod.annotations[NETWORKS_ANNOTATION]?.trim();
+  if (!text?.startsWith('[')) return undefined;
+  let list: unknown;
+  try {
+    list = JSON.parse(text);
+  } catch {
+    return undefined;
+  }
+  if (!Array.isArray(list)) return undefined;
+  for (const e of list as Array<Record<string, unknown> | null>) {
+    if (!e || e.name !== sel.name || (e.interface ?? undefined) !== sel.interface) continue;
+    const args = e['cni-args'];
+    return typeof args === 'object' && args !== null && !Array.isArray(args) ? (args as Record<string, unknown>) : undefined;
+  }
+  return undefined;
+}
 
 export interface CniBackendOptions {
   /** Where the in-agent CNI server listens (the shim forwards to it, as on a cluster node). */
@@ -56,6 +80,14 @@ export class CniBackend implements NetworkBackend {
     if (i.selection.ips?.length) runtimeConfig.ips = i.selection.ips;
     if (i.migrationTarget) runtimeConfig.migrationTarget = true;
     if (Object.keys(runtimeConfig).length) config.runtimeConfig = runtimeConfig;
+    // As Multus does: the selection's cni-args become args.cni; a VM tap's reservation is keyed by the VM.
+    const cniArgs: Record<string, unknown> = { ...selectionCniArgs(i.pod, i.selection) };
+    if (config.type === 'podvirt' && (config.mode ?? 'tap') === 'tap' && config.ipam) cniArgs.ipamKey ??= vmIpamKey(i.pod);
+    if (Object.keys(cniArgs).length) {
+      const args = (typeof config.args === 'object' && config.args !== null ? config.args : {}) as Record<string, unknown>;
+      const old = (typeof args.cni === 'object' && args.cni !== null ? args.cni : {}) as Record<string, unknown>;
+      config.args = { ...args, cni: { ...old, ...cniArgs } };
+    }
     const raw = await invokeCniOrThrow({
       plugin: this.plugin,
       command: 'ADD',

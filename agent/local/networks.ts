@@ -19,8 +19,9 @@ export function defaultNetworkConfig(): Record<string, unknown> {
 /**
  * The CNI config of a NetworkAttachmentDefinition, looked up in order: a NAD document in FILE, then
  * `<networks dir>/<name>.json` (or `.conf`; the NAD's `spec.config` text), then the embedded
- * default for `podvirt0`. host-local IPAM without a `dataDir` gets one under the state dir, so local
- * mode never writes to /var/lib/cni and separate state dirs never share reservations.
+ * default for `podvirt0`. host-local IPAM without a `dataDir` gets one under the state dir, and a
+ * podvirt config without a `stateDir` (its IPAM owner records) gets `<state dir>/cni` next to it, so
+ * local mode never writes to /var/lib/cni and separate state dirs never share reservations.
  */
 export async function resolveNetworkConfig(
   name: string,
@@ -58,7 +59,21 @@ export async function resolveNetworkConfig(
   if (ipam && ipam.type === 'host-local' && ipam.dataDir === undefined) {
     conf.ipam = { ...ipam, dataDir: ipamDir };
   }
+  // Kept with host-local's store: a record and the reservation it counts must live and die together.
+  if (conf.type === 'podvirt' && conf.stateDir === undefined) conf.stateDir = path.join(path.dirname(ipamDir), 'cni');
   return conf;
+}
+
+/**
+ * The VM's IPAM owner key in local mode (cni/ipam-owner.ts): the guest's address belongs to the VM,
+ * not to whichever pod runs it, so a migration target on this machine shares the source's
+ * reservation and the source's DEL does not free it. A migration target carries its source's key
+ * here (agent/migration/local.ts `targetManifest`); a first pod's key is derived from its name.
+ */
+export const IPAM_KEY_ANNOTATION = 'vm.podvirt.io/ipam-key';
+
+export function vmIpamKey(pod: { name: string; annotations: Record<string, string> }): string {
+  return pod.annotations[IPAM_KEY_ANNOTATION] ?? `podvirt-vm-${pod.name}`;
 }
 
 /** `ip/prefix` → parts. */

@@ -5,6 +5,7 @@ import { isSeq, parseAllDocuments, type Document } from 'yaml';
 import { AlreadyExists, InvalidArgument, NotFound, errorMessage } from '../../lib/errors.js';
 import { writeJsonAtomic } from '../../lib/fs-atomic.js';
 import { silentLogger, type Logger } from '../../lib/log.js';
+import { IPAM_KEY_ANNOTATION, vmIpamKey } from '../local/networks.js';
 import type { QmpClient } from '../qmp/index.js';
 import type { MigrationConfig } from './config.js';
 import { newMigrationToken } from './control.js';
@@ -214,7 +215,9 @@ export class LocalMigrations {
  * The target pod's manifest (pure): the source's documents with the Pod renamed and annotated with
  * `vm.podvirt.io/migrate-from`, and every PersistentVolumeClaim renamed with the same suffix, so
  * the target gets fresh node-local volumes (filled by the disk mirror) instead of re-using the
- * source's.
+ * source's. The Pod also carries the VM's IPAM owner key (`vm.podvirt.io/ipam-key`: the
+ * source's, or the one its first pod derived from its name), so the target's CNI ADD shares the
+ * source's address reservation instead of taking a new one; it never changes across migrations.
  */
 export function targetManifest(manifest: string, source: string, migrationId: string, namespace = 'default'): string {
   const docs = parseAllDocuments(manifest);
@@ -237,6 +240,8 @@ export function targetManifest(manifest: string, source: string, migrationId: st
   if (!pod) throw new InvalidArgument('source manifest has no Pod document');
   pod.setIn(['metadata', 'name'], `${strip(source).slice(0, 40)}${suffix}`);
   pod.setIn(['metadata', 'annotations', MIGRATE_FROM_ANNOTATION], `${namespace}/${source}`);
+  const key = pod.getIn(['metadata', 'annotations', IPAM_KEY_ANNOTATION]);
+  if (typeof key !== 'string' || key === '') pod.setIn(['metadata', 'annotations', IPAM_KEY_ANNOTATION], vmIpamKey({ name: source, annotations: {} }));
   const vols = pod.getIn(['spec', 'volumes']);
   if (isSeq(vols)) {
     vols.items.forEach((_v, i) => {

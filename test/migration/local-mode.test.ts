@@ -1,6 +1,6 @@
 import { strict as assert } from 'node:assert';
 import { randomBytes } from 'node:crypto';
-import { existsSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import type { Context } from 'mocha';
 import { exec } from '../../lib/exec.js';
 import { skipBecause } from '../helpers/skip.js';
@@ -39,6 +39,11 @@ describe('podvirt migrate (local mode, TCG)', function () {
 
   let src: Status;
   let guestIp: string;
+  /** Who host-local (local mode's store under the state dir) says holds `ip`. */
+  const reservedFor = (ip: string): string | undefined => {
+    const f = `${env.stateDir}/ipam/pvtlnet/${ip}`;
+    return existsSync(f) ? readFileSync(f, 'utf8').split(/\r?\n/)[0] : undefined;
+  };
 
   it('moves a running VM with its disk to a second local pod: uptime goes on, same IP answers, vCPUs pinned to the new cpuset', async () => {
     src = await env.run({ name: 'mvm', blockClaims: { data: '32Mi' }, cmdline: 'console=ttyS0 panic=-1' });
@@ -84,6 +89,8 @@ describe('podvirt migrate (local mode, TCG)', function () {
     await env.serialSend(st.serialSocket, 'echo "GUEST-MAC $(cat /sys/class/net/eth0/address)"');
     assert.equal((await env.waitSerial(st.serialLog, /GUEST-MAC ([0-9a-f:]{17})/, 20_000, mark0))[1], macBefore);
     assert.equal(st.interfaces[0]!.ip, src.interfaces[0]!.ip, 'the lease follows the guest');
+    // The address stays reserved for the VM (IPAM owner key), not freed by the source pod's DEL.
+    assert.equal(reservedFor(guestIp), 'podvirt-vm-mvm', 'host-local still holds the guest address, under the VM key');
     await pingUntilReply(guestIp);
     // The disk came along.
     const mark = await env.logSize(st.serialLog);
@@ -110,5 +117,8 @@ describe('podvirt migrate (local mode, TCG)', function () {
     assert.deepEqual(ps.map((p) => p.name), [src.name]);
     assert.equal(ps[0]!.phase, 'Running');
     await pingUntilReply(guestIp);
+    assert.equal(reservedFor(guestIp), 'podvirt-vm-mvm', 'the removed target did not release the VM address');
+    await cli(['stop', src.name]);
+    assert.equal(reservedFor(guestIp), undefined, 'stopping the VM released it');
   });
 });
