@@ -7,7 +7,8 @@ import { randomBytes } from 'node:crypto';
 import { CoreV1Api, Watch, type KubeConfig, type V1Pod } from '@kubernetes/client-node';
 import { parseFlags } from '../../../lib/cli-args.js';
 import { DeadlineExceeded, FailedPrecondition, InvalidArgument } from '../../../lib/errors.js';
-import { ANN_MIGRATE_FROM, ANN_MIGRATION, ANN_STATUS, ANN_TOPOLOGY, COND_VM_READY } from '../names.js';
+import { parse as parseYaml } from 'yaml';
+import { ANN_MIGRATE_FROM, ANN_MIGRATION, ANN_SPEC, ANN_STATUS, ANN_TOPOLOGY, COND_VM_READY } from '../names.js';
 import { KUBE_FLAG_OPTIONS, isVmPod, loadKubeConfig, type Io } from './common.js';
 import { ProgressBar, type Progress } from './progress-bar.js';
 
@@ -15,6 +16,84 @@ export interface TargetOptions {
   name?: string | undefined;
   targetNode?: string | undefined;
   suffix?: string;
+}
+
+const ANN_NETWORKS = 'k8s.v1.cni.cncf.io/networks';
+const ANN_NETWORK_STATUS = 'k8s.v1.cni.cncf.io/network-status';
+/** Where the pod names its `"mode": "migration"` network (agent/kube/kube-migration.ts). */
+const ANN_MIGRATION_NETWORK = 'vm.podvirt.io/migration-network';
+
+type Selection = Record<string, unknown> & { name: string; namespace?: string; interface?: string };
+
+/** Multus' selection annotation in either form (`a, ns/b@eth1` or a JSON list), as JSON elements. */
+function selections(text: string): Selection[] {
+  const t = text.trim();
+  if (t.startsWith('[')) {
+    let list: unknown;
+    try {
+      list = JSON.parse(t);
+    } catch (e) {
+      throw new InvalidArgument(`annotation ${ANN_NETWORKS} is not valid JSON: ${(e as Error).message}`);
+    }
+    if (!Array.isArray(list) || !list.every((e) => typeof e === 'object' && e !== null && typeof (e as Selection).name === 'string')) {
+      throw new InvalidArgument(`annotation ${ANN_NETWORKS} is not a list of network selections`);
+    }
+    return list as Selection[];
+  }
+  return t.split(',').map((part) => {
+    const m = /^\s*(?:([^/@\s]+)\/)?([^/@\s]+)(?:@(\S+))?\s*$/.exec(part);
+    if (!m) throw new InvalidArgument(`annotation ${ANN_NETWORKS}: cannot parse "${part.trim()}"`);
+    return { name: m[2]!, ...(m[1] ? { namespace: m[1] } : {}), ...(m[3] ? { interface: m[3] } : {}) };
+  });
+}
+
+/**
+ * The VM's IPAM owner key and addresses on every network that carries one of its taps (pure), so
+ * the target pod's podvirt-cni reserves the guest's addresses for the same key (cni/ipam-owner.ts)
+ * instead of the pod's sandbox: `cni-args.ipamKey` (Multus hands `cni-args` to the plugin as
+ * `args.cni`) and `ips` (the source's network-status addresses, unless the selection names some).
+ * A key already there is kept, so it never changes across successive migrations; a first one is
+ * derived from the source pod's UID. The migration network and non-tap networks are left alone:
+ * both pods need their own addresses there at the same time.
+ */
+export function stickyNetworks(src: V1Pod): string | undefined {
+  const ann = src.metadata?.annotations ?? {};
+  const text = ann[ANN_NETWORKS];
+  if (!text?.trim()) return text;
+  const ns = src.metadata?.namespace ?? 'default';
+  const full = (name: string, namespace?: string) => (name.includes('/') ? name : `${namespace ?? ns}/${name}`);
+  // Only the interfaces are needed (binding defaults to tap, as in agent/spec); the agent judges the rest.
+  let tapNets: Set<string>;
+  try {
+    const spec = parseYaml(ann[ANN_SPEC] ?? '') as { interfaces?: Array<{ network?: unknown; binding?: unknown }> } | null;
+    tapNets = new Set(
+      (spec?.interfaces ?? [])
+        .filter((i) => typeof i.network === 'string' && i.network !== 'pod' && (i.binding ?? 'tap') === 'tap')
+        .map((i) => full(i.network as string)),
+    );
+  } catch {
+    return text; // no VM spec to tell tap networks apart: change nothing
+  }
+  const migrationNet = ann[ANN_MIGRATION_NETWORK] ? full(ann[ANN_MIGRATION_NETWORK]) : undefined;
+  let status: Array<{ name?: string; interface?: string; ips?: string[] }> = [];
+  try {
+    const parsed = JSON.parse(ann[ANN_NETWORK_STATUS] ?? '[]') as unknown;
+    if (Array.isArray(parsed)) status = parsed as typeof status;
+  } catch {
+    /* no addresses to carry; the key alone still keeps a same-node reservation */
+  }
+  const uid = src.metadata?.uid;
+  const derived = uid ? `podvirt-vm-${uid}` : `podvirt-vm-${ns}-${src.metadata!.name!.replace(/-mig-[0-9a-f]{5}$/, '')}`.slice(0, 128);
+  const out = selections(text).map((sel) => {
+    const name = full(sel.name, sel.namespace);
+    if (!tapNets.has(name) || name === migrationNet) return sel;
+    const args = typeof sel['cni-args'] === 'object' && sel['cni-args'] !== null ? (sel['cni-args'] as Record<string, unknown>) : {};
+    const key = typeof args.ipamKey === 'string' && args.ipamKey ? args.ipamKey : derived;
+    const st = status.find((x) => x.name === name && (sel.interface === undefined || x.interface === sel.interface));
+    const ips = Array.isArray(sel.ips) && sel.ips.length ? sel.ips : st?.ips?.length ? st.ips : undefined;
+    return { ...sel, 'cni-args': { ...args, ipamKey: key }, ...(ips ? { ips } : {}) };
+  });
+  return JSON.stringify(out);
 }
 
 /** The target pod for migrating `src` (pure). */
@@ -28,6 +107,10 @@ export function planTargetPod(src: V1Pod, o: TargetOptions = {}): V1Pod {
   delete ann[ANN_MIGRATION];
   ann[ANN_MIGRATE_FROM] = `${ns}/${src.metadata!.name}`;
   if (!ann[ANN_TOPOLOGY]) throw new FailedPrecondition(`pod ${ns}/${src.metadata!.name} has no recorded topology yet (is its VM running?)`);
+  // The guest keeps its addresses: the target's reservations belong to the VM, not to the pod.
+  const networks = stickyNetworks(src);
+  if (networks !== undefined) ann[ANN_NETWORKS] = networks;
+  delete ann[ANN_NETWORK_STATUS];
   const spec = structuredClone(src.spec!);
   delete spec.nodeName;
   // Never back onto the source node; onto --target-node when given.
