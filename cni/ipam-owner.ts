@@ -29,7 +29,6 @@ import { parseResult, type CniResult } from './result.js';
 
 /** Plugin-specific (100+) CNI codes of keyed IPAM. */
 export const IPAM_KEY_CONFLICT = 101;
-export const IPAM_KEY_MISSING = 102;
 
 const LOCK_WAIT_MS = 60_000;
 /** A lock file older than this belongs to a dead or stuck holder (one delegate call is capped at 60 s). */
