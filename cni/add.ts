@@ -50,13 +50,13 @@ export async function cmdAdd(ctx: CniContext, conf: NetConf): Promise<CniResult>
       if (pod.error) throw pod.error;
       const tc = await (podTc as PendingBatch).feed(plan.podTc);
       if (tc.error) throw tc.error;
-      ipamResult = await ipam;
+      ipamResult = (await ipam).result;
       sandboxIfaces = [
         { name: ctx.ifname, mac, ...withMtu, sandbox: ctx.netns },
         { name: names.podVeth, mac: podVethMac, ...withMtu, sandbox: ctx.netns },
       ];
     } else {
-      ipamResult = await ipam;
+      ipamResult = (await ipam).result;
       const ops = planMigrationAdd({ ...veth, ifname: ctx.ifname, mac, ips: ipamResult?.ips ?? [], routes: ipamResult?.routes ?? [] });
       undo = await applyOps(ctx.deps, ctx.netns, ops);
       const tc = planBandwidth(ctx.ifname, names.hostVeth, conf.runtimeConfig.bandwidth ?? conf.bandwidth);
@@ -84,8 +84,9 @@ export async function cmdAdd(ctx: CniContext, conf: NetConf): Promise<CniResult>
   } catch (e) {
     await podTc?.feed([]).catch(() => undefined);
     await runBatch(ctx.deps, ctx.netns, 'ip', undo, true).catch(() => undefined);
+    // Only what this ADD reserved (or joined, with an IPAM key) is undone.
     const reserved = await ipam.then(
-      () => true,
+      (r) => r.joined,
       () => false,
     );
     if (reserved) {

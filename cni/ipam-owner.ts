@@ -185,10 +185,14 @@ export async function withRecordLock<T>(file: string, fn: () => Promise<T>): Pro
 
 // ---- verbs -----------------------------------------------------------------------------------
 
-/** ADD's IPAM step: the delegate's result, from the key's record when another attachment holds it. */
-export async function acquireIpam(ctx: CniContext, conf: NetConf): Promise<CniResult | undefined> {
+/**
+ * ADD's IPAM step: the delegate's result, from the key's record when another attachment holds it.
+ * `joined` says whether this call made the attachment a holder; only then may a failed ADD undo it
+ * (a repeated ADD of a live attachment must not release what the first one holds).
+ */
+export async function acquireIpam(ctx: CniContext, conf: NetConf): Promise<{ result: CniResult | undefined; joined: boolean }> {
   const key = ipamKeyOf(conf);
-  if (key === undefined) return delegateIpam(ctx, conf, 'ADD');
+  if (key === undefined) return { result: await delegateIpam(ctx, conf, 'ADD'), joined: true };
   const file = recordPath(conf.stateDir, conf.name, key, ctx.ifname);
   return withRecordLock(file, async () => {
     const rec = await readRecord(file);
@@ -201,13 +205,14 @@ export async function acquireIpam(ctx: CniContext, conf: NetConf): Promise<CniRe
           `holders: ${rec.holders.join(', ')}`,
         );
       }
-      if (!rec.holders.includes(ctx.containerId)) {
+      const joined = !rec.holders.includes(ctx.containerId);
+      if (joined) {
         rec.holders.push(ctx.containerId);
         rec.updatedAt = new Date().toISOString();
         await writeJsonAtomic(file, rec);
       }
       ctx.logger.info({ key, network: conf.name, ifname: ctx.ifname, holders: rec.holders }, 'IPAM reservation shared by key');
-      return rec.result;
+      return { result: rec.result, joined };
     }
     const result = await delegateIpam(ctx, conf, 'ADD', { containerId: key });
     const fresh: OwnerRecord = { network: conf.name, key, ifname: ctx.ifname, ipamType: conf.ipamType ?? '', holders: [ctx.containerId], result, updatedAt: new Date().toISOString() };
@@ -217,7 +222,7 @@ export async function acquireIpam(ctx: CniContext, conf: NetConf): Promise<CniRe
       await delegateIpam(ctx, conf, 'DEL', { containerId: key }).catch(() => undefined);
       throw e;
     }
-    return result;
+    return { result, joined: true };
   });
 }
 

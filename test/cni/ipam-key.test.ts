@@ -89,7 +89,7 @@ describe('podvirt-cni IPAM owner keys (host-local, real netns)', function () {
     });
   }
 
-  it('bad keys and conflicting requests give CNI errors and leave state intact', async () => {
+  it('bad keys, conflicting requests and a repeated ADD give CNI errors and leave state intact', async () => {
     const ns = h.netns();
     const netns = `/run/netns/${ns}`;
     const before = h.reservations().sort();
@@ -120,6 +120,12 @@ describe('podvirt-cni IPAM owner keys (host-local, real netns)', function () {
     assert.deepEqual(h.nsLinks(ns2), [], 'the failed ADD rolled its links back');
     assert.deepEqual(record(key)?.holders, ['c1'], 'and did not join or drop the key');
     assert.equal(holderOf(ipOf(a.result)), key);
+    // A repeated ADD of the live attachment fails (its tap exists) without releasing what the first holds.
+    const again = await h.invoke('shim+server', { containerId: 'c1', netns, ifname: 'net1', config: conf({ args: { cni: { ipamKey: key } } }), command: 'ADD' });
+    assert.equal(again.exitCode, 1, again.stdout);
+    assert.deepEqual(record(key)?.holders, ['c1']);
+    assert.equal(holderOf(ipOf(a.result)), key);
+    assert.equal(h.nsLinks(ns).length, 2, "the first ADD's tap and veth are untouched");
     const d = await h.invoke('shim+server', { containerId: 'c1', netns, ifname: 'net1', config: conf({ args: { cni: { ipamKey: key } } }), command: 'DEL' });
     assert.equal(d.exitCode, 0, d.stdout);
     assert.deepEqual(h.reservations().sort(), before);
