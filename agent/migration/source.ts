@@ -354,6 +354,21 @@ export class SourceSide extends EventEmitter {
     if (this.o.config.tls) await fs.rm(this.o.tlsQemuDir, { recursive: true, force: true });
   }
 
+  /**
+   * A cancelled mirror ends asynchronously (longer when its NBD peer just died); until it has,
+   * its NBD node cannot be deleted and would stay behind in the source QEMU.
+   */
+  private async mirrorsGone(): Promise<void> {
+    const jobs = this.plan?.mirrorJobs ?? [];
+    if (!jobs.length) return;
+    for (let i = 0; i < 200; i++) {
+      const left = (await this.o.qmp.execute<BlockJobInfo[]>('query-block-jobs')).filter((j) => jobs.includes(j.device));
+      if (!left.length) return;
+      await sleep(50);
+    }
+    this.log.warn({ migrationId: this.o.migrationId }, 'disk mirror jobs still ending after 10 s');
+  }
+
   /** Leaves the source as it was: migration cancelled, mirrors gone, the VM running. */
   private async abort(e: unknown, started: boolean): Promise<MigrationResult> {
     const cancelled = this.o.signal?.aborted === true || e instanceof Aborted;
@@ -380,6 +395,7 @@ export class SourceSide extends EventEmitter {
         } else if (this.plan) {
           await runSteps(q, this.plan.sourceAbort.slice(1));
         }
+        await this.mirrorsGone();
         await this.cleanup();
         const st = await queryStatus(q);
         // QEMU resumes a cancelled migration's VM itself; a stop at pre-switchover or after completion needs `cont`.
