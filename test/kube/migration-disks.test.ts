@@ -1,0 +1,281 @@
+/**
+ * Cluster migration of a VM on a node-local disk: two agents (nodes A and B) on the fake API
+ * server, each with its own real CSI driver (qcow2 pool, loop-published Block volumes), kubelet-
+ * like sandboxes whose container sees its volume at the `volumeDevices` devicePath (bind-mounted
+ * in the sandbox's mount namespace, as the kubelet does), real QEMU under TCG, TLS on.
+ *
+ * The test plays scheduler, external-provisioner and kubelet: the target pod's claim is a fresh
+ * podvirt volume on B. The agents decide from the claims' PVs that the disk is node-local, and
+ * the driver mirrors it over NBD (on the target pod's address, TLS) while the guest writes.
+ * A first attempt whose target QEMU dies mid-mirror leaves the source running, its mirror gone
+ * and the migration's Secret deleted.
+ */
+import assert from 'node:assert/strict';
+import { createHash, randomBytes } from 'node:crypto';
+import { existsSync, promises as fs } from 'node:fs';
+import * as net from 'node:net';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import type { CoreV1Event, V1Pod } from '@kubernetes/client-node';
+import { CoreV1Api } from '@kubernetes/client-node';
+import { ClusterAgent } from '../../agent/kube/cluster-agent.js';
+import { KubeMigration } from '../../agent/kube/kube-migration.js';
+import { planTargetPod } from '../../agent/kube/kubectl/migrate.js';
+import { kubeVolumeLookup } from '../../agent/kube/local-volumes.js';
+import { VmCoreRuntime } from '../../agent/kube/vm-core-runtime.js';
+import { CsiBackend } from '../../agent/local/csi-backend.js';
+import type { ClaimRecord, VolumeAttachmentRecord } from '../../agent/local/pod-store.js';
+import { DEFAULT_MIGRATION_CONFIG } from '../../agent/migration/config.js';
+import { exec } from '../../lib/exec.js';
+import { createLogger } from '../../lib/log.js';
+import { PROJECT_ROOT } from '../../lib/project-root.js';
+import { skipBecause } from '../helpers/skip.js';
+import { FakeApiServer } from './fake-apiserver.js';
+import { createKubeletSandbox, type KubeletSandbox } from './kubelet-sandbox.js';
+
+const log = createLogger('test-kube-mig-disk', process.env.PODVIRT_TEST_LOG ?? 'silent');
+const guest = path.join(PROJECT_ROOT, '.cache', 'guest');
+const MiB = 2 ** 20;
+const SIZE = 32 * MiB;
+const AGENT_NS = 'podvirt-system';
+
+async function until<T>(what: string, probe: () => T | undefined | false | Promise<T | undefined | false>, timeoutMs = 60_000): Promise<T> {
+  const end = Date.now() + timeoutMs;
+  for (;;) {
+    const v = await probe();
+    if (v !== undefined && v !== false) return v;
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+async function serialSend(socket: string, line: string): Promise<void> {
+  await new Promise<void>((resolve, reject) => {
+    const s = net.connect(socket);
+    s.once('error', reject);
+    s.once('connect', () => s.write(`${line}\n`, () => setTimeout(() => (s.destroy(), resolve()), 300)));
+  });
+}
+
+/** Bytes of a block device read with O_DIRECT (no page cache of the host in between). */
+async function readDevice(dev: string, skipMiB: number, countMiB: number, tmp: string): Promise<Buffer> {
+  const out = path.join(tmp, `read-${randomBytes(3).toString('hex')}`);
+  await exec('dd', [`if=${dev}`, `of=${out}`, 'bs=1M', `skip=${skipMiB}`, `count=${countMiB}`, 'iflag=direct', 'status=none']);
+  try {
+    return await fs.readFile(out);
+  } finally {
+    await fs.rm(out, { force: true });
+  }
+}
+
+describe('cluster migration with a node-local disk (two agents, two CSI drivers, real QEMU, TLS)', function () {
+  this.timeout(300_000);
+  const tag = `pvt-kdsk-${randomBytes(3).toString('hex')}`;
+  const sub = 100 + (randomBytes(1)[0]! % 100);
+  const nodes = { a: `${tag}-a`, b: `${tag}-b` } as const;
+  type Node = keyof typeof nodes;
+  let api: FakeApiServer;
+  let tmp: string;
+  let devicePath: string;
+  const agents: ClusterAgent[] = [];
+  const runtimes = {} as Record<Node, VmCoreRuntime>;
+  const csi = {} as Record<Node, CsiBackend>;
+  const sandboxes: KubeletSandbox[] = [];
+  const attached: Array<{ node: Node; att: VolumeAttachmentRecord }> = [];
+  const provisioned: Array<{ node: Node; rec: ClaimRecord }> = [];
+
+  const spec = `cpus: 1\nmemory: 128Mi\naccel: tcg\nkernel: ${guest}/vmlinuz\ninitrd: ${guest}/initramfs.cpio.gz\ncmdline: console=ttyS0 podvirt.nodhcp=1\ndisks:\n  - name: data\n    volume: data\n`;
+
+  const pod = (name: string) => api.getObject('pods', 'default', name) as V1Pod | undefined;
+  const ann = (name: string, key: string) => pod(name)?.metadata?.annotations?.[key];
+  const cond = (name: string) => pod(name)?.status?.conditions?.find((c) => c.type === 'podvirt.io/VMReady');
+  const status = (name: string) => JSON.parse(ann(name, 'vm.podvirt.io/status') ?? '{}') as { phase?: string; qemuPid?: number; consoleSocket?: string };
+  const migration = (name: string) => JSON.parse(ann(name, 'vm.podvirt.io/migration') ?? '{}') as { phase?: string; message?: string; target?: string };
+  const secrets = () => api.listObjects('secrets').filter((s) => (s.metadata as { namespace?: string }).namespace === AGENT_NS);
+  const events = async (name: string): Promise<CoreV1Event[]> =>
+    (await api.kubeConfig().makeApiClient(CoreV1Api).listNamespacedEvent({ namespace: 'default', fieldSelector: `involvedObject.name=${name}` })).items;
+
+  /** External-provisioner + kubelet for one claim: a podvirt volume on `node`, its PV and PVC, published for `podName`. */
+  async function volumeFor(node: Node, podName: string, claim: string): Promise<string> {
+    const rec = await csi[node].provision({ name: `${tag}-${claim}`, sizeBytes: SIZE, volumeMode: 'Block', ephemeral: false, parameters: {} }, undefined);
+    provisioned.push({ node, rec });
+    api.createObject('persistentvolumes', {
+      metadata: { name: `pv-${claim}` },
+      spec: { capacity: { storage: '32Mi' }, accessModes: ['ReadWriteOnce'], volumeMode: 'Block', storageClassName: 'podvirt', csi: { driver: 'csi.podvirt.io', volumeHandle: rec.volumeId } },
+    });
+    api.createObject('persistentvolumeclaims', {
+      metadata: { name: claim, namespace: 'default' },
+      spec: { accessModes: ['ReadWriteOnce'], volumeMode: 'Block', storageClassName: 'podvirt', resources: { requests: { storage: '32Mi' } }, volumeName: `pv-${claim}` },
+    });
+    const att = await csi[node].attach(`${tag}-${podName}`, 'data', rec, 107, 107);
+    attached.push({ node, att });
+    return att.publishPath;
+  }
+
+  /** Kubelet: the sandbox, with the published volume at the container's devicePath (its own mount namespace). */
+  async function sandboxFor(name: string, publishPath: string): Promise<KubeletSandbox> {
+    const p = pod(name)!;
+    const sb = await createKubeletSandbox(tag, { uid: p.metadata!.uid! });
+    sandboxes.push(sb);
+    await exec('nsenter', ['-t', String(sb.pid), '-m', 'mount', '--bind', publishPath, devicePath]);
+    return sb;
+  }
+
+  function markRunning(name: string, sb: KubeletSandbox, ip: string): void {
+    const p = pod(name)!;
+    api.setStatus('pods', 'default', name, {
+      phase: 'Running',
+      podIP: ip,
+      conditions: (p.status?.conditions ?? []).filter((c) => c.type.includes('/')),
+      containerStatuses: [{ name: 'compute', containerID: `containerd://${sb.containerId}`, ready: true, restartCount: 0, image: 'x', imageID: 'x', state: { running: {} } }],
+    });
+  }
+
+  /** A pod network link between the source sandbox and a target sandbox (one /30 per target). */
+  async function link(a: KubeletSandbox, b: KubeletSandbox, n: number): Promise<string> {
+    const [x, y] = [`pd${tag.slice(-6)}${n}x`, `pd${tag.slice(-6)}${n}y`];
+    await exec('ip', ['link', 'add', x, 'netns', a.netnsName, 'type', 'veth', 'peer', 'name', y, 'netns', b.netnsName]);
+    await exec('ip', ['-n', a.netnsName, 'addr', 'add', `10.232.${sub}.${4 * n + 1}/30`, 'dev', x]);
+    await exec('ip', ['-n', b.netnsName, 'addr', 'add', `10.232.${sub}.${4 * n + 2}/30`, 'dev', y]);
+    await exec('ip', ['-n', a.netnsName, 'link', 'set', x, 'up']);
+    await exec('ip', ['-n', b.netnsName, 'link', 'set', y, 'up']);
+    return `10.232.${sub}.${4 * n + 2}`;
+  }
+
+  /** What `kubectl podvirt migrate` and the provisioner make: a copy of the source pod on B with its own fresh claim. */
+  async function target(name: string, sa: KubeletSandbox, n: number): Promise<{ publish: string }> {
+    const t = planTargetPod(pod('dvm')!, { name });
+    t.spec!.nodeName = nodes.b;
+    t.spec!.volumes = [{ name: 'data', persistentVolumeClaim: { claimName: `${name}-data` } }];
+    const publish = await volumeFor('b', name, `${name}-data`);
+    api.createObject('pods', t as Record<string, unknown>);
+    const sb = await sandboxFor(name, publish);
+    const ip = await link(sa, sb, n);
+    markRunning(name, sb, ip);
+    return { publish };
+  }
+
+  before(async function () {
+    if (!existsSync(path.join(guest, 'vmlinuz'))) skipBecause(this, 'test guest not built (hack/setup.d/20-test-guest.sh)');
+    tmp = await fs.mkdtemp(path.join(os.tmpdir(), 'pvt-kube-mig-disk-'));
+    await fs.chmod(tmp, 0o755);
+    devicePath = path.join(tmp, 'dev-data');
+    await fs.writeFile(devicePath, '');
+    api = new FakeApiServer();
+    await api.start();
+    for (const k of ['a', 'b'] as const) {
+      const node = nodes[k];
+      api.createObject('nodes', { metadata: { name: node } });
+      // QEMU (uid 107) traverses it to its run dir; the CSI backend would make it 0750.
+      await fs.mkdir(path.join(tmp, k), { mode: 0o755 });
+      csi[k] = new CsiBackend({ driverStateDir: path.join(tmp, k, 'csi'), stagingDir: path.join(tmp, k, 'staging'), socketPath: path.join(tmp, k, 'csi.sock'), runDir: path.join(tmp, k, 'pub'), nodeId: node, log });
+      await csi[k].start();
+      const runtime = new VmCoreRuntime({ stateDir: path.join(tmp, k, 'state'), runDir: path.join(tmp, k, 'run'), log });
+      runtimes[k] = runtime;
+      const agent = new ClusterAgent({
+        kc: api.kubeConfig(),
+        node,
+        runtime,
+        // A 4 MiB/s cap makes the 32 MiB mirror take long enough to write during it.
+        migration: new KubeMigration({ runtime, controlAddress: '127.0.0.1', config: { ...DEFAULT_MIGRATION_CONFIG, tls: true, maxBandwidth: 4 * MiB }, volumes: kubeVolumeLookup(api.kubeConfig()), log, timeoutMs: 120_000 }),
+        namespace: AGENT_NS,
+        log: log.child({ node: k }),
+        version: 'test',
+        metricsAddr: '',
+        labelNode: false,
+        stopTimeoutMs: 2000,
+        retryInitialMs: 100,
+      });
+      await agent.start();
+      agents.push(agent);
+    }
+  });
+
+  after(async () => {
+    for (const a of agents) await a.stop().catch(() => undefined);
+    for (const k of ['a', 'b'] as const) await runtimes[k]?.stop(`default/${k === 'a' ? 'dvm' : 'dvm-t'}`, 1000).catch(() => undefined);
+    for (const sb of sandboxes) await sb.destroy();
+    for (const { node, att } of attached.reverse()) await csi[node].detach(att).catch((e: unknown) => log.error({ err: String(e) }, 'detach'));
+    for (const { node, rec } of provisioned) await csi[node].delete(rec).catch(() => undefined);
+    for (const k of ['a', 'b'] as const) await csi[k]?.stop();
+    await api?.stop();
+    if (tmp) await fs.rm(tmp, { recursive: true, force: true });
+  });
+
+  it('a failed attempt leaves the source running with no mirror and no Secret; the next one carries the disk, written before and during, to B', async () => {
+    // The VM on node A, its disk a podvirt volume on A.
+    const srcPublish = await volumeFor('a', 'dvm', 'dvm-data');
+    api.createObject('pods', {
+      metadata: { name: 'dvm', namespace: 'default', annotations: { 'vm.podvirt.io/spec': spec } },
+      spec: {
+        nodeName: nodes.a,
+        volumes: [{ name: 'data', persistentVolumeClaim: { claimName: 'dvm-data' } }],
+        containers: [{ name: 'compute', image: 'x', volumeDevices: [{ name: 'data', devicePath }] }],
+      },
+    });
+    const sa = await sandboxFor('dvm', srcPublish);
+    markRunning('dvm', sa, `10.232.${sub}.1`);
+    await until('source VM running', () => cond('dvm')?.status === 'True');
+    const srcPid = status('dvm').qemuPid!;
+    const console = status('dvm').consoleSocket!;
+    const srcLog = path.join(path.dirname(console), 'serial.log');
+    const serial = () => fs.readFile(srcLog, 'utf8').catch(() => '');
+    await until('guest booted on A', async () => (await serial()).includes('PODVIRT-GUEST-READY'));
+    await serialSend(console, 'diskpattern write /dev/vda before-kube-migration');
+    await until('pattern written', async () => (await serial()).includes('PODVIRT-DISK-WRITTEN /dev/vda before-kube-migration'), 30_000);
+
+    // 1. Target QEMU killed while the disk is mirrored.
+    await target('dvm-f', sa, 1);
+    await until('mirroring into dvm-f', () => migration('dvm').target === 'default/dvm-f' && migration('dvm').phase === 'MirroringDisks');
+    const request = JSON.parse(ann('dvm', 'vm.podvirt.io/migration-request')!) as Record<string, unknown>;
+    assert.equal(request.token, undefined, 'no token on the pod');
+    assert.match(String(request.secretName), /^podvirt-migration-[a-z0-9]+$/);
+    const live = secrets();
+    assert.equal(live.length, 1);
+    const sec = live[0]! as { metadata: { name: string; labels: Record<string, string> }; data: { token: string } };
+    assert.equal(sec.metadata.name, request.secretName);
+    assert.equal(sec.metadata.labels['migration.podvirt.io/id'], request.migrationId);
+    assert.equal(sec.metadata.labels['migration.podvirt.io/target-node'], nodes.b);
+    assert.match(Buffer.from(sec.data.token, 'base64').toString(), /^[0-9a-f]{64}$/);
+    await until('mirror copying', async () => ((await runtimes.a.query('default/dvm', 'query-block-jobs')) as Array<{ offset: number }>).some((j) => j.offset > 0));
+    const doomed = (await runtimes.b.report('default/dvm-f'))!.qemuPid;
+    process.kill(doomed, 'SIGKILL');
+    await until('target reports the failure', () => migration('dvm-f').phase === 'failed');
+    assert.equal(cond('dvm-f')?.reason, 'MigrationFailed');
+    await until('source gives up the request', () => ann('dvm', 'vm.podvirt.io/migration-request') === undefined, 30_000);
+    assert.ok((await events('dvm')).some((e) => e.reason === 'MigrationFailed'));
+    assert.deepEqual(secrets(), [], 'the Secret went with the migration');
+    const st = (await runtimes.a.query('default/dvm', 'query-status')) as { status: string };
+    assert.equal(st.status, 'running');
+    assert.deepEqual(await runtimes.a.query('default/dvm', 'query-block-jobs'), [], 'mirror job gone');
+    const nodesLeft = (await runtimes.a.query('default/dvm', 'query-named-block-nodes')) as Array<{ 'node-name': string }>;
+    assert.ok(!nodesLeft.some((n) => n['node-name'].startsWith('pvmig')), 'NBD client node gone');
+    assert.equal(status('dvm').qemuPid, srcPid);
+
+    // 2. For real: the guest writes while its disk is mirrored.
+    const { publish } = await target('dvm-t', sa, 2);
+    await until('mirroring into dvm-t', () => migration('dvm').target === 'default/dvm-t' && migration('dvm').phase === 'MirroringDisks');
+    const mark = (await serial()).length;
+    await serialSend(console, 'dd if=/dev/urandom of=/dev/vda bs=1M seek=8 count=4 conv=fsync 2>/dev/null; dd if=/dev/vda bs=1M skip=8 count=4 2>/dev/null | md5sum | sed "s/^/SUM-DURING /"');
+    const during = await until('checksum of the data written during the mirror', async () => /SUM-DURING ([0-9a-f]{32})/.exec((await serial()).slice(mark))?.[1], 60_000);
+    assert.equal(migration('dvm').phase, 'MirroringDisks', 'written while the disk was being mirrored');
+    await until('VM runs on B', () => cond('dvm-t')?.reason === 'Migrated' || migration('dvm-t').phase === 'failed', 180_000);
+    assert.equal(cond('dvm-t')?.reason, 'Migrated', migration('dvm-t').message);
+    await until('source QEMU gone', () => {
+      try {
+        process.kill(srcPid, 0);
+        return undefined;
+      } catch {
+        return true;
+      }
+    }, 30_000);
+    // The target's own volume on B holds both (read on the host, past every cache).
+    const head = await readDevice(publish, 0, 1, tmp);
+    assert.match(head.subarray(0, 512).toString('latin1'), /^PVPAT:before-kube-migration:END\n/);
+    assert.equal(createHash('md5').update(await readDevice(publish, 8, 4, tmp)).digest('hex'), during);
+    assert.deepEqual(await runtimes.b.query('default/dvm-t', 'query-block-exports'), [], 'NBD export removed on the target');
+    assert.deepEqual(secrets(), [], 'no Secret left');
+    assert.equal(status('dvm').phase, 'Migrated');
+    assert.equal(((await runtimes.b.query('default/dvm-t', 'query-status')) as { status: string }).status, 'running');
+  });
+});
