@@ -90,7 +90,10 @@ export function planMigration(input: MigrationPlanInput): MigrationPlan {
   let postCopy = c.postCopy;
   if (postCopy && !input.postCopySupported) {
     postCopy = false;
-    notes.push('post-copy disabled: userfaultfd is not available to QEMU (vm.unprivileged_userfaultfd=0 and QEMU is not root)');
+    notes.push(
+      'post-copy disabled: userfaultfd is not available to QEMU (vm.unprivileged_userfaultfd=0 and QEMU is not root); ' +
+        'a guest that outruns the link can then only be slowed by auto-converge. Enable it with "sysctl vm.unprivileged_userfaultfd=1" on both hosts',
+    );
   }
   const multifd = c.multifdChannels > 0;
   if (postCopy && multifd) {
