@@ -5,6 +5,7 @@
  * modules. Everything here is composition: the components' own code lives in their folders.
  */
 import { promises as fs } from 'node:fs';
+import type { KubeConfig } from '@kubernetes/client-node';
 import * as path from 'node:path';
 import { FailedPrecondition } from '../../lib/errors.js';
 import type { Logger } from '../../lib/log.js';
@@ -172,7 +173,7 @@ export async function buildVmRuntime(c: ComposeConfig): Promise<VmRuntime> {
  * Migration between agents: on when this agent has an address the other nodes' agents can reach
  * (`--migration-address`, default the downward-API `$POD_IP`, which is the node IP with hostNetwork).
  */
-export async function buildMigration(c: ComposeConfig & { migrationAddress: string | undefined }, runtime: VmRuntime): Promise<MigrationHandoff | undefined> {
+export async function buildMigration(c: ComposeConfig & { migrationAddress: string | undefined; kc?: KubeConfig }, runtime: VmRuntime): Promise<MigrationHandoff | undefined> {
   const { VmCoreRuntime } = await import('./vm-core-runtime.js');
   const { LeasingRuntime } = await import('./guest-dhcp.js');
   const core = runtime instanceof LeasingRuntime ? runtime.inner : runtime;
@@ -181,7 +182,9 @@ export async function buildMigration(c: ComposeConfig & { migrationAddress: stri
     return undefined;
   }
   const { KubeMigration } = await import('./kube-migration.js');
-  const m = new KubeMigration({ runtime: core, controlAddress: c.migrationAddress, log: c.log.child({ part: 'migration' }) });
+  const { kubeVolumeLookup } = await import('./local-volumes.js');
+  // Claims and volumes tell node-local disks (mirrored) from shared ones.
+  const m = new KubeMigration({ runtime: core, controlAddress: c.migrationAddress, ...(c.kc ? { volumes: kubeVolumeLookup(c.kc) } : {}), log: c.log.child({ part: 'migration' }) });
   // A VM migrated in gets its guest leases here like a started one.
   return runtime instanceof LeasingRuntime ? runtime.wrapMigration(m) : m;
 }
