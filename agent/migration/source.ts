@@ -27,6 +27,8 @@ export interface SourceSideOptions {
   /** Name the target's server certificate carries (the source checks it). */
   tlsHostname: string;
   tlsQemuDir: string;
+  /** `tlsQemuDir` as QEMU opens it, when QEMU runs in another mount namespace (a pod's); default `tlsQemuDir`. */
+  tlsQemuView?: string;
   qemuOwner?: Owner;
   /** Aborting it cancels the migration (the source keeps running). */
   signal?: AbortSignal;
@@ -177,7 +179,7 @@ export class SourceSide extends EventEmitter {
       targetAddress: String(answer.address),
       disks: o.disks,
       postCopySupported: o.postCopySupported && answer.postCopySupported === true,
-      ...(o.config.tls ? { tls: { sourceDir: o.tlsQemuDir, targetDir: '', hostname: o.tlsHostname } } : {}),
+      ...(o.config.tls ? { tls: { sourceDir: o.tlsQemuView ?? o.tlsQemuDir, targetDir: '', hostname: o.tlsHostname } } : {}),
     });
     if (JSON.stringify(answer.capabilities) !== JSON.stringify(this.plan.capabilities)) {
       throw new FailedPrecondition('source and target planned different migration capabilities');

@@ -31,6 +31,8 @@ export interface TargetSideOptions {
   /** Where to keep the CA (root only) and the directory QEMU reads its credentials from. */
   tlsWorkDir: string;
   tlsQemuDir: string;
+  /** `tlsQemuDir` as QEMU opens it, when QEMU runs in another mount namespace (a pod's); default `tlsQemuDir`. */
+  tlsQemuView?: string;
   qemuOwner?: Owner;
   /**
    * Runs when the VM is about to run (or just started running) on the target: the network
@@ -117,7 +119,7 @@ export class TargetSide extends EventEmitter {
       targetAddress: this.o.migrationAddress,
       disks,
       postCopySupported: this.o.postCopySupported && body.postCopySupported === true,
-      ...(config.tls ? { tls: { sourceDir: '', targetDir: this.o.tlsQemuDir, hostname } } : {}),
+      ...(config.tls ? { tls: { sourceDir: '', targetDir: this.o.tlsQemuView ?? this.o.tlsQemuDir, hostname } } : {}),
     });
     const answer: Body = { migrateUri: plan.migrateUri, address: this.o.migrationAddress, capabilities: plan.capabilities, notes: plan.notes, postCopySupported: this.o.postCopySupported };
     if (config.tls) {
