@@ -5,11 +5,13 @@
  */
 import assert from 'node:assert/strict';
 import { promises as fs } from 'node:fs';
+import { PassThrough } from 'node:stream';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import type { V1PersistentVolume, V1PersistentVolumeClaim, V1Pod } from '@kubernetes/client-node';
 import { CoreV1Api } from '@kubernetes/client-node';
 import { EventRecorder } from '../../agent/kube/event-recorder.js';
+import { kubectlMain } from '../../agent/kube/kubectl/main.js';
 import { claimOf, nodeLocalDisks, nodeLocalVolumes, type VolumeLookup } from '../../agent/kube/local-volumes.js';
 import { LABEL_MIGRATION_ID, MigrationSecretStore, secretNameOf } from '../../agent/kube/migration-secrets.js';
 import { podKey } from '../../agent/kube/pod-informer.js';
@@ -230,5 +232,59 @@ describe('cluster migration: post-copy needs userfaultfd for QEMU\'s user', () =
     } finally {
       await fs.rm(dir, { recursive: true, force: true });
     }
+  });
+});
+
+describe('kubectl podvirt migrate: node-local claims get fresh copies on the target', () => {
+  let api: FakeApiServer;
+  let tmp: string;
+  before(async () => {
+    api = new FakeApiServer();
+    await api.start();
+    tmp = await fs.mkdtemp(path.join(os.tmpdir(), 'pvt-kmig-claims-'));
+  });
+  after(async () => {
+    await api?.stop();
+    if (tmp) await fs.rm(tmp, { recursive: true, force: true });
+  });
+
+  it('copies podvirt claims (class, mode, size), leaves shared ones, ties the copies to the target pod until it succeeded', async () => {
+    const claim = (name: string, provisioner: string, size: string) =>
+      api.createObject('persistentvolumeclaims', {
+        metadata: { name, namespace: 'vms', labels: { app: 'db' }, annotations: { 'volume.kubernetes.io/storage-provisioner': provisioner } },
+        spec: { accessModes: ['ReadWriteOnce'], volumeMode: 'Block', storageClassName: 'podvirt', resources: { requests: { storage: size } }, volumeName: `pv-${name}` },
+      });
+    claim('db-root', 'csi.podvirt.io', '10Gi');
+    claim('db-shared', 'rbd.csi.ceph.com', '5Gi');
+    api.createObject('pods', {
+      metadata: { name: 'db', namespace: 'vms', annotations: { 'vm.podvirt.io/spec': 'cpus: 1\nmemory: 64Mi\nkernel: /k\n', 'vm.podvirt.io/topology': '{}' } },
+      spec: {
+        nodeName: 'node-1',
+        volumes: [{ name: 'root', persistentVolumeClaim: { claimName: 'db-root' } }, { name: 'shared', persistentVolumeClaim: { claimName: 'db-shared' } }],
+        containers: [{ name: 'compute', image: 'x' }],
+      },
+    });
+    const kubeconfig = await api.writeKubeconfig(tmp);
+    const err = new PassThrough();
+    let errText = '';
+    err.on('data', (b: Buffer) => (errText += b.toString()));
+    const out = new PassThrough();
+    const run = kubectlMain(['migrate', 'db', '--kubeconfig', kubeconfig, '-n', 'vms', '--target-name', 'db-t', '--timeout', '30'], { stdout: out, stderr: err });
+    const t = await until('target pod', () => api.getObject('pods', 'vms', 'db-t') as V1Pod | undefined);
+    const vols = Object.fromEntries(t.spec!.volumes!.map((v) => [v.name, v.persistentVolumeClaim!.claimName]));
+    assert.equal(vols.shared, 'db-shared', 'shared storage: the same claim');
+    assert.match(vols.root!, /^db-root-mig-[0-9a-f]{5}$/);
+    const fresh = await until('fresh claim', () => api.getObject('persistentvolumeclaims', 'vms', vols.root!) as V1PersistentVolumeClaim | undefined);
+    assert.deepEqual(fresh.spec, { accessModes: ['ReadWriteOnce'], volumeMode: 'Block', storageClassName: 'podvirt', resources: { requests: { storage: '10Gi' } } });
+    assert.equal(fresh.metadata!.labels!.app, 'db');
+    assert.equal(fresh.metadata!.annotations!['migration.podvirt.io/from-claim'], 'vms/db-root');
+    assert.deepEqual(fresh.metadata!.ownerReferences!.map((o) => [o.kind, o.name, o.uid]), [['Pod', 'db-t', t.metadata!.uid]]);
+    // The target's agent reports success.
+    await until('kubectl watching', () => api.watchCount('pods') > 0);
+    api.setStatus('pods', 'vms', 'db-t', { phase: 'Running', conditions: [{ type: 'podvirt.io/VMReady', status: 'True', reason: 'Migrated', message: 'QEMU pid 9' }] });
+    assert.equal(await run, 0, errText);
+    assert.equal((api.getObject('persistentvolumeclaims', 'vms', vols.root!) as V1PersistentVolumeClaim).metadata!.ownerReferences, undefined, 'the VM\'s disk now outlives the pod');
+    assert.match(errText, /claim vms\/db-root is no longer used by the VM/);
+    assert.ok(api.getObject('persistentvolumeclaims', 'vms', 'db-root'), 'the old claim is left to its owner');
   });
 });

@@ -2,11 +2,16 @@
  * `kubectl podvirt migrate NAME`: creates the migration target pod (a copy of the source pod with
  * `vm.podvirt.io/migrate-from`, kept off the source node) and follows it: the target node's agent
  * reports progress in `vm.podvirt.io/migration`, and success as the `podvirt.io/VMReady` condition.
+ *
+ * Node-local claims (podvirt CSI volumes) cannot follow the VM: the target gets a fresh claim of
+ * the same class and size for each (provisioned on the target node, filled by the disk mirror),
+ * owned by the target pod until the migration succeeds, so a failed attempt takes them along.
  */
 import { randomBytes } from 'node:crypto';
-import { CoreV1Api, Watch, type KubeConfig, type V1Pod } from '@kubernetes/client-node';
+import { CoreV1Api, PatchStrategy, Watch, setHeaderOptions, type KubeConfig, type V1PersistentVolumeClaim, type V1Pod } from '@kubernetes/client-node';
+import { DRIVER_NAME } from '../../../csi/ids.js';
 import { parseFlags } from '../../../lib/cli-args.js';
-import { DeadlineExceeded, FailedPrecondition, InvalidArgument } from '../../../lib/errors.js';
+import { DeadlineExceeded, FailedPrecondition, InvalidArgument, errorMessage } from '../../../lib/errors.js';
 import { parse as parseYaml } from 'yaml';
 import { ANN_MIGRATE_FROM, ANN_MIGRATION, ANN_SPEC, ANN_STATUS, ANN_TOPOLOGY, COND_VM_READY } from '../names.js';
 import { KUBE_FLAG_OPTIONS, isVmPod, loadKubeConfig, type Io } from './common.js';
@@ -131,6 +136,62 @@ export function planTargetPod(src: V1Pod, o: TargetOptions = {}): V1Pod {
   };
 }
 
+const PROVISIONER_ANNOTATIONS = ['volume.kubernetes.io/storage-provisioner', 'volume.beta.kubernetes.io/storage-provisioner'];
+export const ANN_FROM_CLAIM = 'migration.podvirt.io/from-claim';
+
+/** Whether a bound claim is a podvirt (node-local) volume: from the claim's provisioner annotation, else its PV when readable. */
+async function isNodeLocalClaim(core: CoreV1Api, pvc: V1PersistentVolumeClaim): Promise<boolean> {
+  const ann = pvc.metadata?.annotations ?? {};
+  if (PROVISIONER_ANNOTATIONS.some((k) => ann[k] === DRIVER_NAME)) return true;
+  if (PROVISIONER_ANNOTATIONS.some((k) => ann[k])) return false;
+  if (!pvc.spec?.volumeName) return false;
+  try {
+    return (await core.readPersistentVolume({ name: pvc.spec.volumeName })).spec?.csi?.driver === DRIVER_NAME;
+  } catch {
+    // Users often may not read PVs: a statically bound claim without the annotation counts as shared.
+    return false;
+  }
+}
+
+/** The target's fresh copies of the source's node-local claims (pure): claim name → new claim. */
+export function planTargetClaims(claims: ReadonlyArray<V1PersistentVolumeClaim>, suffix: string): Map<string, V1PersistentVolumeClaim> {
+  const out = new Map<string, V1PersistentVolumeClaim>();
+  for (const c of claims) {
+    const name = c.metadata!.name!;
+    const base = name.replace(/-mig-[0-9a-f]{5}$/, '');
+    const storage = c.spec?.resources?.requests?.storage;
+    if (!storage) throw new FailedPrecondition(`claim ${c.metadata!.namespace}/${name} requests no storage size`);
+    out.set(name, {
+      apiVersion: 'v1',
+      kind: 'PersistentVolumeClaim',
+      metadata: {
+        name: `${base.slice(0, 200)}-mig-${suffix}`,
+        namespace: c.metadata!.namespace!,
+        labels: { ...(c.metadata?.labels ?? {}) },
+        annotations: { [ANN_FROM_CLAIM]: `${c.metadata!.namespace}/${name}` },
+      },
+      spec: {
+        accessModes: c.spec?.accessModes ?? ['ReadWriteOnce'],
+        ...(c.spec?.volumeMode ? { volumeMode: c.spec.volumeMode } : {}),
+        ...(c.spec?.storageClassName ? { storageClassName: c.spec.storageClassName } : {}),
+        resources: { requests: { storage } },
+      },
+    });
+  }
+  return out;
+}
+
+/** The source's claims that must be copied (bound podvirt volumes used through `persistentVolumeClaim`). */
+async function nodeLocalClaimsOf(core: CoreV1Api, src: V1Pod): Promise<V1PersistentVolumeClaim[]> {
+  const out: V1PersistentVolumeClaim[] = [];
+  for (const v of src.spec?.volumes ?? []) {
+    if (!v.persistentVolumeClaim) continue;
+    const pvc = await core.readNamespacedPersistentVolumeClaim({ namespace: src.metadata!.namespace!, name: v.persistentVolumeClaim.claimName });
+    if (await isNodeLocalClaim(core, pvc)) out.push(pvc);
+  }
+  return out;
+}
+
 export type MigrationOutcome = { done: true; ok: boolean; message: string } | { done: false; progress: Progress };
 
 /** What the target pod says about the migration (pure). */
@@ -207,9 +268,27 @@ export async function migrate(argv: string[], io: Io): Promise<number> {
   const core = kc.makeApiClient(CoreV1Api);
   const src = await core.readNamespacedPod({ namespace, name: positionals[0]! });
   if (!isVmPod(src)) throw new InvalidArgument(`pod ${namespace}/${positionals[0]} is not a VM pod`);
-  const target = await core.createNamespacedPod({ namespace, body: planTargetPod(src, { name: values['target-name'], targetNode: values['target-node'] }) });
+  const suffix = randomBytes(3).toString('hex').slice(0, 5);
+  const fresh = planTargetClaims(await nodeLocalClaimsOf(core, src), suffix);
+  const body = planTargetPod(src, { name: values['target-name'], targetNode: values['target-node'], suffix });
+  for (const v of body.spec?.volumes ?? []) {
+    const c = v.persistentVolumeClaim && fresh.get(v.persistentVolumeClaim.claimName);
+    if (c) v.persistentVolumeClaim!.claimName = c.metadata!.name!;
+  }
+  const target = await core.createNamespacedPod({ namespace, body });
   const tname = target.metadata!.name!;
   io.stderr.write(`migration target pod ${namespace}/${tname} created\n`);
+  const owner = { apiVersion: 'v1', kind: 'Pod', name: tname, uid: target.metadata!.uid!, blockOwnerDeletion: false };
+  for (const [from, c] of fresh) {
+    try {
+      await core.createNamespacedPersistentVolumeClaim({ namespace, body: { ...c, metadata: { ...c.metadata, ownerReferences: [owner] } } });
+    } catch (e) {
+      // Without its claims the target can never run: take it down (owned claims go with it).
+      await core.deleteNamespacedPod({ namespace, name: tname }).catch(() => undefined);
+      throw new FailedPrecondition(`cannot create claim ${c.metadata!.name} for the target: ${errorMessage(e)}`, { cause: e });
+    }
+    io.stderr.write(`claim ${namespace}/${c.metadata!.name} created for it (a fresh node-local copy of ${from}, filled by the migration)\n`);
+  }
   if (values['no-wait']) {
     io.stdout.write(`${tname}\n`);
     return 0;
@@ -220,6 +299,11 @@ export async function migrate(argv: string[], io: Io): Promise<number> {
     return 1;
   }
   io.stdout.write(`${namespace}/${positionals[0]} migrated to ${tname}: ${r.message}\n`);
+  for (const [from, c] of fresh) {
+    // They hold the VM's disks now: no longer tied to this pod's lifetime (as the source's were not).
+    await core.patchNamespacedPersistentVolumeClaim({ namespace, name: c.metadata!.name!, body: { metadata: { ownerReferences: null } } }, setHeaderOptions('Content-Type', PatchStrategy.MergePatch));
+    io.stderr.write(`claim ${namespace}/${from} is no longer used by the VM; delete it when you no longer need its old copy\n`);
+  }
   if (!values['keep-source']) {
     // The source pod's VM is gone; its pod would hold its CPUs and devices until deleted.
     await core.deleteNamespacedPod({ namespace, name: positionals[0]! });
