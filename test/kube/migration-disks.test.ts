@@ -16,11 +16,12 @@ import { existsSync, promises as fs } from 'node:fs';
 import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
+import { PassThrough } from 'node:stream';
 import type { CoreV1Event, V1Pod } from '@kubernetes/client-node';
 import { CoreV1Api } from '@kubernetes/client-node';
 import { ClusterAgent } from '../../agent/kube/cluster-agent.js';
 import { KubeMigration } from '../../agent/kube/kube-migration.js';
-import { planTargetPod } from '../../agent/kube/kubectl/migrate.js';
+import { kubectlMain } from '../../agent/kube/kubectl/main.js';
 import { kubeVolumeLookup } from '../../agent/kube/local-volumes.js';
 import { VmCoreRuntime } from '../../agent/kube/vm-core-runtime.js';
 import { CsiBackend } from '../../agent/local/csi-backend.js';
@@ -77,6 +78,7 @@ describe('cluster migration with a node-local disk (two agents, two CSI drivers,
   let api: FakeApiServer;
   let tmp: string;
   let devicePath: string;
+  let kubeconfig: string;
   const agents: ClusterAgent[] = [];
   const runtimes = {} as Record<Node, VmCoreRuntime>;
   const csi = {} as Record<Node, CsiBackend>;
@@ -103,10 +105,17 @@ describe('cluster migration with a node-local disk (two agents, two CSI drivers,
       metadata: { name: `pv-${claim}` },
       spec: { capacity: { storage: '32Mi' }, accessModes: ['ReadWriteOnce'], volumeMode: 'Block', storageClassName: 'podvirt', csi: { driver: 'csi.podvirt.io', volumeHandle: rec.volumeId } },
     });
-    api.createObject('persistentvolumeclaims', {
-      metadata: { name: claim, namespace: 'default' },
-      spec: { accessModes: ['ReadWriteOnce'], volumeMode: 'Block', storageClassName: 'podvirt', resources: { requests: { storage: '32Mi' } }, volumeName: `pv-${claim}` },
-    });
+    const pvc = api.getObject('persistentvolumeclaims', 'default', claim);
+    if (pvc) {
+      // Bind the claim kubectl made, as the PV controller would.
+      (pvc.spec as { volumeName: string }).volumeName = `pv-${claim}`;
+      api.replaceObject('persistentvolumeclaims', pvc);
+    } else {
+      api.createObject('persistentvolumeclaims', {
+        metadata: { name: claim, namespace: 'default', annotations: { 'volume.kubernetes.io/storage-provisioner': 'csi.podvirt.io' } },
+        spec: { accessModes: ['ReadWriteOnce'], volumeMode: 'Block', storageClassName: 'podvirt', resources: { requests: { storage: '32Mi' } }, volumeName: `pv-${claim}` },
+      });
+    }
     const att = await csi[node].attach(`${tag}-${podName}`, 'data', rec, 107, 107);
     attached.push({ node, att });
     return att.publishPath;
@@ -142,17 +151,26 @@ describe('cluster migration with a node-local disk (two agents, two CSI drivers,
     return `10.232.${sub}.${4 * n + 2}`;
   }
 
-  /** What `kubectl podvirt migrate` and the provisioner make: a copy of the source pod on B with its own fresh claim. */
-  async function target(name: string, sa: KubeletSandbox, n: number): Promise<{ publish: string }> {
-    const t = planTargetPod(pod('dvm')!, { name });
+  /**
+   * `kubectl podvirt migrate` makes the target pod and a fresh claim for the node-local disk; the
+   * test plays scheduler (B), provisioner (a podvirt volume on B) and kubelet.
+   */
+  async function migrateTo(name: string, sa: KubeletSandbox, n: number): Promise<{ publish: string; code: Promise<number>; err: () => string }> {
+    const err = new PassThrough();
+    let errText = '';
+    err.on('data', (b: Buffer) => (errText += b.toString()));
+    const code = kubectlMain(['migrate', 'dvm', '--kubeconfig', kubeconfig, '--target-name', name, '--timeout', '200', '--keep-source'], { stdout: new PassThrough(), stderr: err });
+    const t = await until('target pod', () => pod(name));
+    const claim = t.spec!.volumes!.find((v) => v.name === 'data')!.persistentVolumeClaim!.claimName;
+    assert.match(claim, /^dvm-data-mig-[0-9a-f]{5}$/, 'kubectl gave the target its own claim');
+    await until('target claim', () => api.getObject('persistentvolumeclaims', 'default', claim));
     t.spec!.nodeName = nodes.b;
-    t.spec!.volumes = [{ name: 'data', persistentVolumeClaim: { claimName: `${name}-data` } }];
-    const publish = await volumeFor('b', name, `${name}-data`);
-    api.createObject('pods', t as Record<string, unknown>);
+    api.replaceObject('pods', t as Record<string, unknown>);
+    const publish = await volumeFor('b', name, claim);
     const sb = await sandboxFor(name, publish);
     const ip = await link(sa, sb, n);
     markRunning(name, sb, ip);
-    return { publish };
+    return { publish, code, err: () => errText };
   }
 
   before(async function () {
@@ -163,6 +181,7 @@ describe('cluster migration with a node-local disk (two agents, two CSI drivers,
     await fs.writeFile(devicePath, '');
     api = new FakeApiServer();
     await api.start();
+    kubeconfig = await api.writeKubeconfig(tmp);
     for (const k of ['a', 'b'] as const) {
       const node = nodes[k];
       api.createObject('nodes', { metadata: { name: node } });
@@ -225,7 +244,7 @@ describe('cluster migration with a node-local disk (two agents, two CSI drivers,
     await until('pattern written', async () => (await serial()).includes('PODVIRT-DISK-WRITTEN /dev/vda before-kube-migration'), 30_000);
 
     // 1. Target QEMU killed while the disk is mirrored.
-    await target('dvm-f', sa, 1);
+    const first = await migrateTo('dvm-f', sa, 1);
     await until('mirroring into dvm-f', () => migration('dvm').target === 'default/dvm-f' && migration('dvm').phase === 'MirroringDisks');
     const request = JSON.parse(ann('dvm', 'vm.podvirt.io/migration-request')!) as Record<string, unknown>;
     assert.equal(request.token, undefined, 'no token on the pod');
@@ -242,6 +261,8 @@ describe('cluster migration with a node-local disk (two agents, two CSI drivers,
     process.kill(doomed, 'SIGKILL');
     await until('target reports the failure', () => migration('dvm-f').phase === 'failed');
     assert.equal(cond('dvm-f')?.reason, 'MigrationFailed');
+    assert.equal(await first.code, 1, first.err());
+    assert.match(first.err(), /migration failed: .*target QEMU exited/);
     await until('source gives up the request', () => ann('dvm', 'vm.podvirt.io/migration-request') === undefined, 30_000);
     assert.ok((await events('dvm')).some((e) => e.reason === 'MigrationFailed'));
     assert.deepEqual(secrets(), [], 'the Secret went with the migration');
@@ -253,14 +274,15 @@ describe('cluster migration with a node-local disk (two agents, two CSI drivers,
     assert.equal(status('dvm').qemuPid, srcPid);
 
     // 2. For real: the guest writes while its disk is mirrored.
-    const { publish } = await target('dvm-t', sa, 2);
+    const { publish, code, err } = await migrateTo('dvm-t', sa, 2);
     await until('mirroring into dvm-t', () => migration('dvm').target === 'default/dvm-t' && migration('dvm').phase === 'MirroringDisks');
     const mark = (await serial()).length;
     await serialSend(console, 'dd if=/dev/urandom of=/dev/vda bs=1M seek=8 count=4 conv=fsync 2>/dev/null; dd if=/dev/vda bs=1M skip=8 count=4 2>/dev/null | md5sum | sed "s/^/SUM-DURING /"');
     const during = await until('checksum of the data written during the mirror', async () => /SUM-DURING ([0-9a-f]{32})/.exec((await serial()).slice(mark))?.[1], 60_000);
     assert.equal(migration('dvm').phase, 'MirroringDisks', 'written while the disk was being mirrored');
-    await until('VM runs on B', () => cond('dvm-t')?.reason === 'Migrated' || migration('dvm-t').phase === 'failed', 180_000);
+    assert.equal(await code, 0, err());
     assert.equal(cond('dvm-t')?.reason, 'Migrated', migration('dvm-t').message);
+    assert.equal((api.getObject('persistentvolumeclaims', 'default', pod('dvm-t')!.spec!.volumes![0]!.persistentVolumeClaim!.claimName) as { metadata: { ownerReferences?: unknown } }).metadata.ownerReferences, undefined);
     await until('source QEMU gone', () => {
       try {
         process.kill(srcPid, 0);
