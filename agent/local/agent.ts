@@ -231,6 +231,7 @@ export class LocalAgent {
       await fs.mkdir(podRunDir(this.o.paths, pod.name), { recursive: true, mode: 0o755 });
       undo.push(() => this.store.deleteRuntime(pod.name));
       await this.store.saveRuntime(rt);
+      migration?.onSandbox?.(pod.name, sb.netns);
 
       // Devices: what the pod asks for, plus what its VM needs (a tap needs /dev/net/tun, KVM /dev/kvm).
       const want: Record<string, number> = { ...pod.deviceResources };
@@ -243,20 +244,24 @@ export class LocalAgent {
       await this.o.sandboxes.allowDevices(pod.name, grant.devices.map((d) => d.hostPath));
       mark('devices');
 
-      // Volumes: provision (kept across runs for PVCs), stage, publish.
-      for (const claim of pod.claims) {
-        const c = await this.o.volumes.provision(claim, rec.claims[claim.name]);
-        rec.claims[claim.name] = c;
-        await this.store.savePod(rec);
-      }
-      for (const v of pod.volumes) {
-        const att = await this.o.volumes.attach(pod.name, v.name, rec.claims[v.claim]!, this.o.vms.uid, this.o.vms.gid);
-        undo.push(() => this.o.volumes.detach(att));
-        rt.volumes.push(att);
-        await this.store.saveRuntime(rt);
-        if (att.volumeMode === 'Block') await this.o.sandboxes.allowDevices(pod.name, [att.publishPath]);
-      }
-      mark('volumes');
+      // Volumes and networks do not depend on each other: set them up side by side (a kubelet's
+      // volume manager and the runtime's network setup do not wait for each other either).
+      const volumes = async () => {
+        // Provision (kept across runs for PVCs), stage, publish.
+        for (const claim of pod.claims) {
+          const c = await this.o.volumes.provision(claim, rec.claims[claim.name]);
+          rec.claims[claim.name] = c;
+          await this.store.savePod(rec);
+        }
+        for (const v of pod.volumes) {
+          const att = await this.o.volumes.attach(pod.name, v.name, rec.claims[v.claim]!, this.o.vms.uid, this.o.vms.gid);
+          undo.push(() => this.o.volumes.detach(att));
+          rt.volumes.push(att);
+          await this.store.saveRuntime(rt);
+          if (att.volumeMode === 'Block') await this.o.sandboxes.allowDevices(pod.name, [att.publishPath]);
+        }
+        mark('volumes');
+      };
 
       // Networks: CNI ADD per selection into the pod netns; the tap keeps its MAC across runs.
       // The pod network (`pod` in the VM spec) is the embedded default network, as eth0.
@@ -268,32 +273,40 @@ export class LocalAgent {
           throw new InvalidArgument(`VM interface network "${n}" is not attached to the pod (add it to ${NETWORKS_ANNOTATION}, or use "pod")`);
         }
       }
-      const containerId = `podvirt-${pod.name}-${randomBytes(4).toString('hex')}`;
-      for (const [i, sel] of selections.entries()) {
-        const ifname = sel.interface ?? `net${i + 1}`;
-        const config = await resolveNetworkConfig(sel.name, pod.nads, this.o.networksDir, path.join(this.o.paths.stateDir, 'ipam'));
-        const key = `${sel.name}/${ifname}`;
-        const added = await this.o.networks.add({
-          pod,
-          containerId,
-          netns: sb.netns,
-          selection: sel,
-          ifname,
-          config,
-          mac: sel.mac ?? topologyMac(topology, pod.vmSpec, sel === podNet ? 'pod' : sel.name) ?? rec.macs[key],
-          uid: this.o.vms.uid,
-          gid: this.o.vms.gid,
-          ...(migration ? { migrationTarget: true } : {}),
-        });
-        const att = { ...added, vmNetwork: podNet === sel ? 'pod' : sel.name };
-        undo.push(() => this.o.networks.del(att, sb.netns));
-        rt.attachments.push(att);
-        rec.macs[key] = att.mac;
-        await this.store.saveRuntime(rt);
-        await this.store.savePod(rec);
-        await this.ensureGateway(att);
-      }
-      mark('networks');
+      const networks = async () => {
+        const containerId = `podvirt-${pod.name}-${randomBytes(4).toString('hex')}`;
+        for (const [i, sel] of selections.entries()) {
+          const ifname = sel.interface ?? `net${i + 1}`;
+          const config = await resolveNetworkConfig(sel.name, pod.nads, this.o.networksDir, path.join(this.o.paths.stateDir, 'ipam'));
+          const key = `${sel.name}/${ifname}`;
+          const added = await this.o.networks.add({
+            pod,
+            containerId,
+            netns: sb.netns,
+            selection: sel,
+            ifname,
+            config,
+            mac: sel.mac ?? topologyMac(topology, pod.vmSpec, sel === podNet ? 'pod' : sel.name) ?? rec.macs[key],
+            uid: this.o.vms.uid,
+            gid: this.o.vms.gid,
+            ...(migration ? { migrationTarget: true } : {}),
+          });
+          const att = { ...added, vmNetwork: podNet === sel ? 'pod' : sel.name };
+          undo.push(() => this.o.networks.del(att, sb.netns));
+          rt.attachments.push(att);
+          rec.macs[key] = att.mac;
+          await this.store.saveRuntime(rt);
+          await this.store.savePod(rec);
+          await this.ensureGateway(att);
+        }
+        mark('networks');
+      };
+      // Both run to the end before a failure is raised, so the rollback sees everything they made.
+      const settled = await Promise.allSettled([volumes(), networks()]);
+      for (const r of settled) if (r.status === 'rejected') throw r.reason;
+      // The two branches saved concurrently: the last word is the complete record.
+      await this.store.saveRuntime(rt);
+      await this.store.savePod(rec);
 
       // The "container": QEMU in the sandbox, pinned, with the recorded topology replayed.
       const started = await this.o.vms.start({
@@ -326,7 +339,9 @@ export class LocalAgent {
         await this.store.savePod(rec);
       }
       this.phases.delete(pod.name);
-      const status = await this.status(pod.name);
+      // A migration target is paused until the migration ends: its live status (QMP, threads)
+      // tells the orchestrator nothing it needs, so it gets the recorded one.
+      const status = migration ? this.describe(rt, rec, undefined) : await this.status(pod.name);
       mark('status');
       return status;
     } catch (e) {
@@ -450,21 +465,22 @@ export class LocalAgent {
     if (rt) {
       await step('vm', () => this.o.vms.stop(name, opts.timeoutMs ?? 30_000));
       this.o.dhcp.removeOwner(name);
-      for (const a of [...rt.attachments].reverse()) await step(`network ${a.network}`, () => this.o.networks.del(a, rt.netns));
-      for (const v of [...rt.volumes].reverse()) await step(`volume ${v.volume}`, () => this.o.volumes.detach(v));
+      // With QEMU gone nothing uses the attachments and volumes any more: release them side by side.
+      await Promise.all([
+        ...rt.attachments.map((a) => step(`network ${a.network}`, () => this.o.networks.del(a, rt.netns))),
+        ...rt.volumes.map((v) => step(`volume ${v.volume}`, () => this.o.volumes.detach(v))),
+      ]);
       this.o.devices.release(rt.devices);
     }
     await step('sandbox', () => this.o.sandboxes.destroy(name));
     const deleted: string[] = [];
     if (rec) {
       const manifestClaims = rt ? parseLocalManifest(rt.manifest).claims : [];
-      for (const c of Object.values(rec.claims)) {
-        const ephemeral = c.ephemeral || manifestClaims.some((m) => m.name === c.name && m.ephemeral);
-        if (ephemeral || opts.deleteVolumes) {
-          await step(`delete volume ${c.name}`, () => this.o.volumes.delete(c));
-          delete rec.claims[c.name];
-          deleted.push(c.name);
-        }
+      const doomed = Object.values(rec.claims).filter((c) => c.ephemeral || opts.deleteVolumes || manifestClaims.some((m) => m.name === c.name && m.ephemeral));
+      await Promise.all(doomed.map((c) => step(`delete volume ${c.name}`, () => this.o.volumes.delete(c))));
+      for (const c of doomed) {
+        delete rec.claims[c.name];
+        deleted.push(c.name);
       }
       await this.store.savePod(rec);
     }
@@ -533,6 +549,8 @@ export interface MigrationTargetOptions {
   guestIps: Record<string, string | undefined>;
   /** Called as each step of the run ends (the migration's timing breakdown). */
   onStep?: (step: string) => void;
+  /** Called once the pod's sandbox exists and is recorded (the migration network can go in meanwhile). */
+  onSandbox?: (pod: string, netns: string) => void;
 }
 
 /** The MAC the VM's topology gives the interface attached to `network` (`pod` or a NAD name). */

@@ -40,16 +40,20 @@ export function localMigrationHost(o: { agent: LocalAgent; networks: NetworkBack
     if (!vm) throw new FailedPrecondition(`pod ${name} has no VM controller`);
     return vm.qmp;
   };
-  let uffd = false;
-  try {
-    uffd = readFileSync('/proc/sys/vm/unprivileged_userfaultfd', 'utf8').trim() === '1';
-  } catch {
-    /* old kernel: no knob, no unprivileged userfaultfd */
-  }
+  const uffd = () => {
+    try {
+      return readFileSync('/proc/sys/vm/unprivileged_userfaultfd', 'utf8').trim() === '1';
+    } catch {
+      return false; // old kernel: no knob, no unprivileged userfaultfd
+    }
+  };
   return {
     qemuOwner: { uid: o.qemuUid, gid: o.qemuGid },
-    // QEMU runs as qemuUid: post-copy needs userfaultfd for unprivileged users.
-    postCopySupported: o.qemuUid === 0 || uffd,
+    // QEMU runs as qemuUid: post-copy needs userfaultfd for unprivileged users. Read at each
+    // migration, so an operator who sets the sysctl needs no agent restart.
+    get postCopySupported() {
+      return o.qemuUid === 0 || uffd();
+    },
     qemuDir: (pod) => podRunDir(o.paths, pod),
 
     async source(name) {
@@ -67,16 +71,23 @@ export function localMigrationHost(o: { agent: LocalAgent; networks: NetworkBack
       return { manifest: rt.manifest, qmp, netns: rt.netns, memoryBytes: spec.memory, disks };
     },
 
-    async startTarget(manifest, onStep) {
+    async startTarget(manifest, hooks = {}) {
       const from = parseLocalManifest(manifest);
       const srcName = /(?:^|\/)([^/]+)$/.exec(from.annotations[MIGRATE_FROM_ANNOTATION] ?? '')?.[1];
       if (!srcName) throw new FailedPrecondition('target manifest lacks vm.podvirt.io/migrate-from');
-      const src = await o.agent.status(srcName);
+      // The topology the source's QEMU runs with (its controller holds it; no QMP round trip needed).
+      const vm = o.agent.controller(srcName) as VmController | undefined;
+      if (!vm) throw new FailedPrecondition(`pod ${srcName} has no VM controller`);
       const srcRt = await runtime(srcName);
       const guestIps: Record<string, string | undefined> = {};
       for (const a of srcRt.attachments) guestIps[a.vmNetwork] = a.ip;
-      onStep?.('source status read');
-      const st = await o.agent.run(manifest, { topology: src.topology, guestIps, ...(onStep ? { onStep } : {}) });
+      hooks.onStep?.('source topology read');
+      const st = await o.agent.run(manifest, {
+        topology: vm.topology,
+        guestIps,
+        ...(hooks.onStep ? { onStep: hooks.onStep } : {}),
+        ...(hooks.onSandbox ? { onSandbox: hooks.onSandbox } : {}),
+      });
       const spec = parseVmSpec(from.vmSpec);
       return { name: st.name, qmp: qmpOf(st.name), netns: st.netns, taps: st.interfaces.map((i) => i.ifname), diskNodes: spec.disks.map((d) => driveNodeName(d.name)) };
     },

@@ -1,8 +1,9 @@
+import { EventEmitter } from 'node:events';
 import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { isSeq, parseAllDocuments, type Document } from 'yaml';
-import { AlreadyExists, InvalidArgument, NotFound, errorMessage } from '../../lib/errors.js';
+import { AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, errorMessage } from '../../lib/errors.js';
 import { writeJsonAtomic } from '../../lib/fs-atomic.js';
 import { silentLogger, type Logger } from '../../lib/log.js';
 import { IPAM_KEY_ANNOTATION, vmIpamKey } from '../local/networks.js';
@@ -29,7 +30,7 @@ export interface LocalMigrationHost {
    * sandbox with its own cpuset, fresh volumes, taps as silent migration targets, QEMU from the
    * source's recorded topology with `-incoming defer`, vCPUs pinned, not resumed.
    */
-  startTarget(manifest: string, onStep?: (step: string) => void): Promise<{ name: string; qmp: QmpClient; netns: string; taps: string[]; diskNodes: string[] }>;
+  startTarget(manifest: string, hooks?: TargetHooks): Promise<{ name: string; qmp: QmpClient; netns: string; taps: string[]; diskNodes: string[] }>;
   /** A `"mode": "migration"` attachment in the pod's netns; its IPv4 address. */
   addMigrationNetwork(pod: string, netns: string): Promise<{ ip: string; remove: () => Promise<void> }>;
   /** Opens a silent tap at switch-over (the CNI plugin's activateTap). */
@@ -42,6 +43,17 @@ export interface LocalMigrationHost {
   postCopySupported: boolean;
 }
 
+/** Optional calls from inside {@link LocalMigrationHost.startTarget}. */
+export interface TargetHooks {
+  /** A step of the target pod's start ended (the migration's timing breakdown). */
+  onStep?: (step: string) => void;
+  /**
+   * The target pod's sandbox exists (its netns can take attachments) while its volumes, networks
+   * and QEMU are still being set up: the orchestrator adds the migration network then, in parallel.
+   */
+  onSandbox?: (pod: string, netns: string) => void;
+}
+
 export interface LocalMigrationRecord {
   id: string;
   source: string;
@@ -51,6 +63,10 @@ export interface LocalMigrationRecord {
   result: MigrationResult | undefined;
   /** When each step of the whole job ended, in ms since `start` was called (where the time goes). */
   steps?: Array<{ step: string; ms: number }>;
+  /** Grows with every change of the record (progress, target, result): what a watcher waits on. */
+  rev?: number;
+  /** The planner's choices the operator should know about (e.g. why post-copy is off), as they are made. */
+  notes?: string[];
 }
 
 /**
@@ -63,6 +79,8 @@ export class LocalMigrations {
   /** The last finished migration per source pod, so a client polling for the end sees the result. */
   private readonly finished = new Map<string, LocalMigrationRecord>();
   private readonly log: Logger;
+  /** Emits the source pod's name whenever its migration record changes. */
+  private readonly changes = new EventEmitter().setMaxListeners(0);
 
   constructor(
     private readonly host: LocalMigrationHost,
@@ -79,7 +97,7 @@ export class LocalMigrations {
     const t0 = performance.now();
     const src = await this.host.source(name);
     const id = `mig-${randomBytes(4).toString('hex')}`;
-    const rec: LocalMigrationRecord = { id, source: name, target: undefined, startedAt: new Date(Date.now() - (performance.now() - t0)).toISOString(), progress: undefined, result: undefined, steps: [] };
+    const rec: LocalMigrationRecord = { id, source: name, target: undefined, startedAt: new Date(Date.now() - (performance.now() - t0)).toISOString(), progress: undefined, result: undefined, steps: [], rev: 0 };
     const mark = (step: string) => rec.steps!.push({ step, ms: Math.round((performance.now() - t0) * 10) / 10 });
     mark('source facts read');
     const abort = new AbortController();
@@ -97,6 +115,36 @@ export class LocalMigrations {
     const r = this.running.get(name)?.rec ?? this.finished.get(name);
     if (!r) throw new NotFound(`no migration of pod ${name}`);
     return r;
+  }
+
+  /**
+   * The record once it is newer than revision `after` (or has a result), else after `timeoutMs`:
+   * a client follows a migration without polling, so it sees the end as soon as it happens.
+   */
+  async watch(name: string, after: number, timeoutMs: number): Promise<LocalMigrationRecord> {
+    const now = this.get(name);
+    if (now.result || (now.rev ?? 0) > after) return now;
+    await new Promise<void>((resolve) => {
+      const onChange = (pod: string) => {
+        if (pod !== name) return;
+        const r = this.running.get(name)?.rec ?? this.finished.get(name);
+        if (r && (r.result || (r.rev ?? 0) > after)) done();
+      };
+      const timer = setTimeout(done, Math.max(0, Math.min(timeoutMs, 60_000)));
+      function done() {
+        clearTimeout(timer);
+        changes.off('change', onChange);
+        resolve();
+      }
+      const changes = this.changes;
+      changes.on('change', onChange);
+    });
+    return this.get(name);
+  }
+
+  private touch(rec: LocalMigrationRecord): void {
+    rec.rev = (rec.rev ?? 0) + 1;
+    this.changes.emit('change', rec.source);
   }
 
   async wait(name: string): Promise<LocalMigrationRecord> {
@@ -120,9 +168,16 @@ export class LocalMigrations {
     mark: (step: string) => void,
   ): Promise<LocalMigrationRecord> {
     const dir = path.join(this.stateDir, rec.id);
+    // Clean-up steps; independent of each other, so they run together.
     const undo: Array<() => Promise<unknown>> = [];
     let target: Awaited<ReturnType<LocalMigrationHost['startTarget']>> | undefined;
     let result: MigrationResult;
+    const addMigrationNetwork = async (pod: string, netns: string, side: string) => {
+      const m = await this.host.addMigrationNetwork(pod, netns);
+      undo.push(() => m.remove());
+      mark(`migration network: ${side}`);
+      return m;
+    };
     try {
       await fs.mkdir(dir, { recursive: true, mode: 0o700 });
       undo.push(() => fs.rm(dir, { recursive: true, force: true }));
@@ -131,19 +186,33 @@ export class LocalMigrations {
       const tokenFile = path.join(dir, 'token.json');
       await writeJsonAtomic(tokenFile, { migrationId: rec.id, source: rec.source, token });
       await fs.chmod(tokenFile, 0o600);
-
       mark('token written');
 
-      target = await this.host.startTarget(targetManifest(src.manifest, rec.source, rec.id), (step) => mark(`target pod: ${step}`));
-      rec.target = target.name;
-      const t = target;
-      mark('target pod running');
-      const srcMig = await this.host.addMigrationNetwork(rec.source, src.netns);
-      undo.push(() => srcMig.remove());
-      mark('migration network: source');
-      const dstMig = await this.host.addMigrationNetwork(t.name, t.netns);
-      undo.push(() => dstMig.remove());
-      mark('migration network: target');
+      // The source's migration attachment and the target pod are independent; the target's own
+      // migration attachment only needs its netns, so it goes in while its volumes, taps and QEMU
+      // are being set up.
+      let dstMigration: Promise<{ ip: string }> | undefined;
+      const srcMigration = addMigrationNetwork(rec.source, src.netns, 'source');
+      const starting = this.host.startTarget(targetManifest(src.manifest, rec.source, rec.id), {
+        onStep: (step) => mark(`target pod: ${step}`),
+        onSandbox: (pod, netns) => {
+          dstMigration = addMigrationNetwork(pod, netns, 'target');
+          dstMigration.catch(() => undefined); // awaited below
+        },
+      });
+      const [started, srcMig] = await Promise.allSettled([starting, srcMigration]);
+      if (started.status === 'fulfilled') {
+        target = started.value;
+        rec.target = target.name;
+        this.touch(rec);
+        mark('target pod running');
+        // A host that does not report its sandbox early: the attachment goes in now.
+        dstMigration ??= addMigrationNetwork(target.name, target.netns, 'target');
+      }
+      const [dstMig] = dstMigration ? await Promise.allSettled([dstMigration]) : [];
+      for (const r of [started, srcMig, dstMig]) if (r?.status === 'rejected') throw r.reason;
+      if (dstMig?.status !== 'fulfilled' || srcMig.status !== 'fulfilled') throw new FailedPrecondition('the target pod has no migration network');
+      const t = target!;
 
       const { token: tok } = JSON.parse(await fs.readFile(tokenFile, 'utf8')) as { token: string };
       const disks: MirroredDisk[] = src.disks.map((d) => ({ sourceNode: d.node, targetNode: d.node, sizeBytes: d.sizeBytes }));
@@ -151,14 +220,14 @@ export class LocalMigrations {
         migrationId: rec.id,
         token: tok,
         qmp: t.qmp,
-        migrationAddress: dstMig.ip,
+        migrationAddress: dstMig.value.ip,
         localDiskNodes: t.diskNodes,
         postCopySupported: this.host.postCopySupported,
         tlsWorkDir: path.join(dir, 'target-ca'),
         tlsQemuDir: this.host.qemuDir ? path.join(this.host.qemuDir(t.name), `${rec.id}-tls`) : path.join(dir, 'target-tls'),
         ...(this.host.qemuOwner ? { qemuOwner: this.host.qemuOwner } : {}),
         onResume: async () => {
-          for (const tap of t.taps) await this.host.activateTap(t.netns, tap);
+          await Promise.all(t.taps.map((tap) => this.host.activateTap(t.netns, tap)));
         },
         log: this.log,
       });
@@ -186,8 +255,15 @@ export class LocalMigrations {
       sourceSide.on('progress', (p: MigrationProgress) => {
         rec.progress = p;
         if (p.phase !== lastPhase) mark(`source: ${(lastPhase = p.phase)}`);
+        this.touch(rec);
       });
-      sourceSide.on('event', (ev: { reason: string }) => mark(`source: ${ev.reason}`));
+      sourceSide.on('event', (ev: { reason: string; message: string }) => {
+        mark(`source: ${ev.reason}`);
+        if (ev.reason === 'MigrationNote') {
+          (rec.notes ??= []).push(ev.message);
+          this.touch(rec);
+        }
+      });
       result = await sourceSide.run();
       rec.progress = result.progress;
       mark('source side done');
@@ -198,7 +274,10 @@ export class LocalMigrations {
       rec.progress = { ...progress, phase: signal.aborted ? 'Cancelled' : 'Failed', reason };
       result = { outcome: signal.aborted ? 'cancelled' : 'failed', reason, progress: rec.progress, postCopy: false, notes: [] };
     }
-    for (const u of undo.reverse()) await u().catch((e: unknown) => this.log.warn({ err: errorMessage(e) }, 'migration clean-up step failed'));
+    this.touch(rec);
+    for (const r of await Promise.allSettled(undo.map((u) => u()))) {
+      if (r.status === 'rejected') this.log.warn({ err: errorMessage(r.reason) }, 'migration clean-up step failed');
+    }
     mark('migration networks and control removed');
     // The loser goes: the source after a success (its volumes were copied), the target otherwise.
     if (result.outcome === 'completed') await this.host.stopPod(rec.source, { deleteVolumes: true }).catch((e: unknown) => this.log.error({ err: errorMessage(e) }, 'stopping the migrated source'));
@@ -207,6 +286,7 @@ export class LocalMigrations {
     this.log.info({ migrationId: rec.id, steps: rec.steps }, 'migration steps');
     // Only now: a client that sees the result must find the loser gone.
     rec.result = result;
+    this.touch(rec);
     return rec;
   }
 }

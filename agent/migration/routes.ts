@@ -34,6 +34,15 @@ export function migrationRoutes(m: LocalMigrations, specBlock: (pod: string) => 
       },
     },
     { method: 'GET', path: '/pods/:name/migration', handler: async (_b, [name]) => m.get(name!) },
+    {
+      // Long poll: answers as soon as the record is newer than `after` (or ended), at the latest after `timeoutMs`.
+      method: 'POST',
+      path: '/pods/:name/migration/wait',
+      handler: async (body, [name]) => {
+        const b = (body ?? {}) as { after?: unknown; timeoutMs?: unknown };
+        return m.watch(name!, typeof b.after === 'number' ? b.after : -1, typeof b.timeoutMs === 'number' ? b.timeoutMs : 10_000);
+      },
+    },
     { method: 'POST', path: '/pods/:name/migrate/cancel', handler: async (_b, [name]) => m.cancel(name!) },
   ];
 }
