@@ -17,7 +17,7 @@
  */
 import * as path from 'node:path';
 import type { V1Pod } from '@kubernetes/client-node';
-import { FailedPrecondition, errorMessage } from '../../lib/errors.js';
+import { Aborted, FailedPrecondition, errorMessage } from '../../lib/errors.js';
 import type { Logger } from '../../lib/log.js';
 import { DEFAULT_MIGRATION_CONFIG, type MigrationConfig } from '../migration/config.js';
 import { ControlClient, newMigrationToken } from '../migration/control.js';
@@ -88,7 +88,8 @@ export class KubeMigration implements MigrationHandoff {
     this.config = o.config ?? DEFAULT_MIGRATION_CONFIG;
   }
 
-  async migrateInto(target: VmTarget, source: string, ask: (r: MigrationRequest) => Promise<void>, progress: (p: MigrationProgress) => void): Promise<VmReport> {
+  async migrateInto(target: VmTarget, source: string, ask: (r: MigrationRequest) => Promise<void>, progress: (p: MigrationProgress) => void, signal?: AbortSignal): Promise<VmReport> {
+    if (signal?.aborted) throw new Aborted('migration cancelled: the target pod is going away');
     const address = migrationAddressOf(target.pod);
     // Decided before QEMU starts: a volume nobody can classify fails the migration, not the VM.
     const localDisks = this.o.volumes ? nodeLocalDisks(target.pod, await nodeLocalVolumes(target.pod, this.o.volumes)) : [];
@@ -121,13 +122,17 @@ export class KubeMigration implements MigrationHandoff {
       await ask({ migrationId, target: target.key, control: { host: this.o.controlAddress, port }, token, tlsHostname: `${migrationId}.migration.podvirt.io` });
       progress({ phase: 'requested' });
       let timer: NodeJS.Timeout | undefined;
+      let onAbort: (() => void) | undefined;
       const timeout = new Promise<never>((_, reject) => {
         timer = setTimeout(() => reject(new FailedPrecondition(`migration from ${source} did not finish within ${(this.o.timeoutMs ?? 900_000) / 1000} s`)), this.o.timeoutMs ?? 900_000);
+        onAbort = () => reject(new Aborted('migration cancelled: the target pod is going away'));
+        signal?.addEventListener('abort', onAbort);
       });
       try {
         await Promise.race([done, timeout]);
       } finally {
         clearTimeout(timer);
+        if (onAbort) signal?.removeEventListener('abort', onAbort);
       }
       const report = await this.o.runtime.report(target.key);
       if (!report) throw new FailedPrecondition('target VM vanished after the migration');

@@ -73,6 +73,8 @@ export class PodReconciler {
   private readonly ac = new AbortController();
   /** Migration ids this agent already serves as the source. */
   private readonly outgoing = new Set<string>();
+  /** Incoming migrations by target pod key: aborted when that pod goes away. */
+  private readonly incoming = new Map<string, { uid: string; abort: AbortController }>();
 
   constructor(private readonly d: ReconcilerDeps) {
     d.runtime.onExit((e) => this.onVmExit(e));
@@ -81,6 +83,12 @@ export class PodReconciler {
   /** Queues a key; safe to call for every watch event. */
   enqueue(key: string): void {
     if (this.ac.signal.aborted) return;
+    const inc = this.incoming.get(key);
+    if (inc) {
+      // The target's reconcile is busy with the migration: a deleted target pod cancels it now.
+      const pod = this.d.getPod(key);
+      if (!wantsVm(pod, this.d.node) || pod.metadata?.uid !== inc.uid) inc.abort.abort();
+    }
     if (this.running.has(key)) {
       this.dirty.add(key);
       return;
@@ -106,6 +114,8 @@ export class PodReconciler {
   /** Stops reconciling; running VMs are left alone (they outlive the agent). */
   async shutdown(): Promise<void> {
     this.ac.abort();
+    // An incoming migration does not survive its agent (the driver's target half lives here).
+    for (const i of this.incoming.values()) i.abort.abort();
     for (const r of this.retries.values()) if (r.timer) clearTimeout(r.timer);
     await this.idle();
   }
@@ -189,6 +199,8 @@ export class PodReconciler {
         const [sns, sname] = source.split('/') as [string, string];
         const secrets = this.d.secrets;
         let secretOf: string | undefined;
+        const cancel = new AbortController();
+        this.incoming.set(key, { uid, abort: cancel });
         try {
           report = await this.d.migration.migrateInto(
             target,
@@ -204,8 +216,10 @@ export class PodReconciler {
               this.d.onMigrationProgress?.(key, p);
               void this.d.writer.annotate(this.ref(pod), { [ANN_MIGRATION]: JSON.stringify({ source, ...p }) }).catch(() => undefined);
             },
+            cancel.signal,
           );
         } finally {
+          this.incoming.delete(key);
           // Ended either way: the token is worthless from now on, and so is its Secret.
           if (secretOf) await secrets.delete(secretOf).catch((e: unknown) => this.d.log.warn({ pod: key, err: errorMessage(e) }, 'cannot delete the migration Secret'));
         }

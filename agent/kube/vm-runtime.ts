@@ -105,9 +105,10 @@ export interface MigrationHandoff {
    * Starts the target QEMU (incoming, from the source's recorded topology) in `target`, asks the
    * source side to send through `ask` (the agent publishes the request on the source pod, where
    * the source node's agent picks it up), reports `progress`, and resolves with the target's
-   * report once the VM runs here.
+   * report once the VM runs here. Aborting `signal` (the target pod went away) cancels it: the
+   * target QEMU is stopped, and the source, losing its peer, keeps the VM.
    */
-  migrateInto(target: VmTarget, source: string, ask: (r: MigrationRequest) => Promise<void>, progress: (p: MigrationProgress) => void): Promise<VmReport>;
+  migrateInto(target: VmTarget, source: string, ask: (r: MigrationRequest) => Promise<void>, progress: (p: MigrationProgress) => void, signal?: AbortSignal): Promise<VmReport>;
   /**
    * The source half, run by the source node's agent for a running VM when a request appears;
    * `pod` is the source pod (which of its volumes are node-local decides what is mirrored).

@@ -7,8 +7,8 @@
  * The test plays scheduler, external-provisioner and kubelet: the target pod's claim is a fresh
  * podvirt volume on B. The agents decide from the claims' PVs that the disk is node-local, and
  * the driver mirrors it over NBD (on the target pod's address, TLS) while the guest writes.
- * A first attempt whose target QEMU dies mid-mirror leaves the source running, its mirror gone
- * and the migration's Secret deleted.
+ * A first attempt whose target QEMU dies mid-mirror, and a second whose target pod is deleted
+ * mid-mirror, leave the source running, its mirror gone and the migration's Secret deleted.
  */
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
@@ -49,6 +49,15 @@ async function until<T>(what: string, probe: () => T | undefined | false | Promi
     await new Promise((r) => setTimeout(r, 50));
   }
 }
+
+const alive = (pid: number) => {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+};
 
 async function serialSend(socket: string, line: string): Promise<void> {
   await new Promise<void>((resolve, reject) => {
@@ -221,7 +230,7 @@ describe('cluster migration with a node-local disk (two agents, two CSI drivers,
     if (tmp) await fs.rm(tmp, { recursive: true, force: true });
   });
 
-  it('a failed attempt leaves the source running with no mirror and no Secret; the next one carries the disk, written before and during, to B', async () => {
+  it('a failed and a cancelled attempt leave the source running with no mirror and no Secret; the next one carries the disk, written before and during, to B', async () => {
     // The VM on node A, its disk a podvirt volume on A.
     const srcPublish = await volumeFor('a', 'dvm', 'dvm-data');
     api.createObject('pods', {
@@ -273,8 +282,22 @@ describe('cluster migration with a node-local disk (two agents, two CSI drivers,
     assert.ok(!nodesLeft.some((n) => n['node-name'].startsWith('pvmig')), 'NBD client node gone');
     assert.equal(status('dvm').qemuPid, srcPid);
 
-    // 2. For real: the guest writes while its disk is mirrored.
-    const { publish, code, err } = await migrateTo('dvm-t', sa, 2);
+    // 2. Cancelled: the target pod is deleted while the disk is mirrored.
+    const second = await migrateTo('dvm-c', sa, 2);
+    await until('mirroring into dvm-c', () => migration('dvm').target === 'default/dvm-c' && migration('dvm').phase === 'MirroringDisks');
+    const cancelledPid = (await runtimes.b.report('default/dvm-c'))!.qemuPid;
+    api.deleteObject('pods', 'default', 'dvm-c');
+    assert.notEqual(await second.code, 0);
+    await until('target QEMU stopped', () => !alive(cancelledPid), 30_000);
+    await until('source gives up the request', () => ann('dvm', 'vm.podvirt.io/migration-request') === undefined, 30_000);
+    await until('source saw the end', () => migration('dvm').phase === 'Failed' || migration('dvm').phase === 'Cancelled', 30_000);
+    assert.deepEqual(secrets(), [], 'the Secret went with the cancelled migration');
+    assert.equal(((await runtimes.a.query('default/dvm', 'query-status')) as { status: string }).status, 'running');
+    assert.deepEqual(await runtimes.a.query('default/dvm', 'query-block-jobs'), []);
+    assert.equal(status('dvm').qemuPid, srcPid);
+
+    // 3. For real: the guest writes while its disk is mirrored.
+    const { publish, code, err } = await migrateTo('dvm-t', sa, 3);
     await until('mirroring into dvm-t', () => migration('dvm').target === 'default/dvm-t' && migration('dvm').phase === 'MirroringDisks');
     const mark = (await serial()).length;
     await serialSend(console, 'dd if=/dev/urandom of=/dev/vda bs=1M seek=8 count=4 conv=fsync 2>/dev/null; dd if=/dev/vda bs=1M skip=8 count=4 2>/dev/null | md5sum | sed "s/^/SUM-DURING /"');
@@ -283,14 +306,7 @@ describe('cluster migration with a node-local disk (two agents, two CSI drivers,
     assert.equal(await code, 0, err());
     assert.equal(cond('dvm-t')?.reason, 'Migrated', migration('dvm-t').message);
     assert.equal((api.getObject('persistentvolumeclaims', 'default', pod('dvm-t')!.spec!.volumes![0]!.persistentVolumeClaim!.claimName) as { metadata: { ownerReferences?: unknown } }).metadata.ownerReferences, undefined);
-    await until('source QEMU gone', () => {
-      try {
-        process.kill(srcPid, 0);
-        return undefined;
-      } catch {
-        return true;
-      }
-    }, 30_000);
+    await until('source QEMU gone', () => !alive(srcPid), 30_000);
     // The target's own volume on B holds both (read on the host, past every cache).
     const head = await readDevice(publish, 0, 1, tmp);
     assert.match(head.subarray(0, 512).toString('latin1'), /^PVPAT:before-kube-migration:END\n/);
