@@ -255,6 +255,7 @@ export class SourceSide extends EventEmitter {
     const plan = this.plan!;
     let st = initialDecideState(Date.now());
     let switchedOver = false;
+    let postCopyMissNoted = false;
     for (;;) {
       const info = await q.execute<MigrateInfo>('query-migrate');
       this.sample(info);
@@ -269,27 +270,40 @@ export class SourceSide extends EventEmitter {
         await runSteps(q, [plan.switchoverContinue]);
         continue;
       }
-      const r = decideNext(
-        st,
-        {
-          atMs: Date.now(),
-          status,
-          remainingBytes: info.ram?.remaining ?? 0,
-          pass: info.ram?.['dirty-sync-count'] ?? 0,
-          transferredBytes: info.ram?.transferred ?? 0,
-          dirtyBytesPerSec: this.progress.dirtyRateBytesPerSec,
-          sendBytesPerSec: ((info.ram?.mbps ?? 0) * 1e6) / 8,
-        },
-        { completionDeadlineMs: plan.completionDeadlineMs, progressTimeoutMs: plan.progressTimeoutMs, stallPasses: this.o.config.stallPasses, postCopyAllowed: plan.postCopyAllowed },
-      );
+      const sample = {
+        atMs: Date.now(),
+        status,
+        remainingBytes: info.ram?.remaining ?? 0,
+        pass: info.ram?.['dirty-sync-count'] ?? 0,
+        transferredBytes: info.ram?.transferred ?? 0,
+        dirtyBytesPerSec: this.progress.dirtyRateBytesPerSec,
+        sendBytesPerSec: ((info.ram?.mbps ?? 0) * 1e6) / 8,
+      };
+      const limits = { completionDeadlineMs: plan.completionDeadlineMs, progressTimeoutMs: plan.progressTimeoutMs, stallPasses: this.o.config.stallPasses, postCopyAllowed: plan.postCopyAllowed };
+      const r = decideNext(st, sample, limits);
+      // Would post-copy have taken over here? Then status says why it could not.
+      const missed = !plan.postCopyAllowed && r.decision.action !== 'start-postcopy' ? decideNext(st, sample, { ...limits, postCopyAllowed: true }).decision : undefined;
+      const missedReason = missed?.action === 'start-postcopy' ? missed.reason : undefined;
+      const whyNoPostCopy = missedReason !== undefined ? this.postCopyOffReason() : undefined;
+      if (whyNoPostCopy && !postCopyMissNoted) {
+        postCopyMissNoted = true;
+        this.note('MigrationNote', `post-copy would take over now (${missedReason}), but ${whyNoPostCopy}`);
+      }
       st = r.state;
-      if (r.decision.action === 'cancel') throw new DeadlineExceeded(r.decision.reason);
+      if (r.decision.action === 'cancel') throw new DeadlineExceeded(`${r.decision.reason}${whyNoPostCopy ? `; post-copy would have taken over, but ${whyNoPostCopy}` : ''}`);
       if (r.decision.action === 'start-postcopy') {
         this.note('PostCopyRequested', `switching to post-copy: ${r.decision.reason}`);
         await q.execute('migrate-start-postcopy');
       }
       await this.tick(this.o.config.pollIntervalMs);
     }
+  }
+
+  /** Why the plan has no post-copy, for an operator who wonders why a migration did not converge. */
+  private postCopyOffReason(): string {
+    const note = this.plan?.notes.find((n) => n.startsWith('post-copy disabled: '));
+    if (note) return `it is off: ${note.slice('post-copy disabled: '.length)}`;
+    return this.o.config.postCopy ? 'it is not available on both hosts' : 'it is turned off (postCopy: false / --no-post-copy)';
   }
 
   /** vCPUs are stopped: cancelling a READY mirror makes it copy the last writes and finish cleanly. */

@@ -62,7 +62,7 @@ describe('migration driver: two bare QEMUs (TCG, test guest)', function () {
   const start = async (
     src: BareVm,
     dst: BareVm,
-    o: { config: MigrationConfig; address?: string; disks?: MirroredDisk[]; signal?: AbortSignal; memMiB?: number; onResume?: () => Promise<void> },
+    o: { config: MigrationConfig; address?: string; disks?: MirroredDisk[]; signal?: AbortSignal; memMiB?: number; onResume?: () => Promise<void>; postCopySupported?: boolean },
   ): Promise<Run> => {
     const migrationId = `pvt-mig-${randomBytes(3).toString('hex')}`;
     const token = newMigrationToken();
@@ -72,7 +72,7 @@ describe('migration driver: two bare QEMUs (TCG, test guest)', function () {
       qmp: dst.qmp,
       migrationAddress: o.address ?? '127.0.0.1',
       localDiskNodes: (o.disks ?? []).map((d) => d.targetNode),
-      postCopySupported: true,
+      postCopySupported: o.postCopySupported ?? true,
       tlsWorkDir: path.join(dir, 'target-tls-work'),
       tlsQemuDir: path.join(dir, 'target-tls'),
       ...(o.onResume ? { onResume: o.onResume } : {}),
@@ -88,7 +88,7 @@ describe('migration driver: two bare QEMUs (TCG, test guest)', function () {
       config: o.config,
       memoryBytes: (o.memMiB ?? 256) * MiB,
       disks: o.disks ?? [],
-      postCopySupported: true,
+      postCopySupported: o.postCopySupported ?? true,
       tlsHostname: 'vm.migration.podvirt.io',
       tlsQemuDir: path.join(dir, 'source-tls'),
       ...(o.signal ? { signal: o.signal } : {}),
@@ -336,5 +336,22 @@ describe('migration driver: two bare QEMUs (TCG, test guest)', function () {
     assert.equal((await queryStatus(src.qmp)).status, 'postmigrate');
     assert.equal((await queryStatus(dst.qmp)).running, true);
     process.stdout.write(`      dirtying guest: completed in ${took} ms via post-copy, QEMU total ${res.totalTimeMs} ms\n`);
+  });
+
+  it('without userfaultfd, a migration that post-copy would have rescued fails saying so, and the source keeps running', async () => {
+    const src = await launch({ dir, name: 'usrc', memMiB: 128, append: 'podvirt.dirty=48' });
+    await booted(src);
+    await src.waitSerial(/PODVIRT-DIRTY 48MiB/);
+    const dst = await launch({ dir, name: 'udst', memMiB: 128, incoming: true, append: 'podvirt.dirty=48' });
+    // A 6 MiB/s link and a 3 s deadline: pre-copy cannot make it, auto-converge has no time.
+    const r = await start(src, dst, { memMiB: 128, postCopySupported: false, config: cfg({ maxBandwidth: 6 * MiB, completionTimeoutPerGiBS: 3 }) });
+    const notes: string[] = [];
+    r.source.on('event', (e: { reason: string; message: string }) => e.reason === 'MigrationNote' && notes.push(e.message));
+    const res = await r.result;
+    assert.equal(res.outcome, 'failed');
+    assert.match(res.reason ?? '', /not completed within 3 s; post-copy would have taken over, but it is off: userfaultfd is not available/);
+    assert.match(res.reason ?? '', /vm\.unprivileged_userfaultfd=1/);
+    assert.ok(notes.some((n) => /^post-copy would take over now \(/.test(n)), notes.join('\n'));
+    await assertSourceAlive(src);
   });
 });
