@@ -70,6 +70,17 @@ export function migrationAddressOf(pod: V1Pod): string {
   return ip;
 }
 
+/**
+ * Where QEMU's migration credentials go: a directory beside QEMU's sockets as QEMU sees it
+ * (`tlsQemuView`), written by the agent through the path the controller maps it to (QEMU may
+ * run in the pod's mount namespace, where `/proc/<qemu>/root/...` reaches it).
+ */
+function tlsDirs(vm: { stateSnapshot: { runDir: string } }, leaf: string): { tlsQemuDir: string; tlsQemuView: string } {
+  const view = path.join(vm.stateSnapshot.runDir, leaf);
+  const map = (vm as { agentPath?: (p: string) => string }).agentPath;
+  return { tlsQemuDir: map ? map.call(vm, view) : view, tlsQemuView: view };
+}
+
 function toProgress(p: DriverProgress): MigrationProgress {
   const pct = p.bytesTotal > 0 ? Math.min(100, Math.round((100 * (p.bytesTotal - p.bytesRemaining)) / p.bytesTotal)) : undefined;
   return {
@@ -108,7 +119,7 @@ export class KubeMigration implements MigrationHandoff {
       fillAllLocalDisks: true,
       postCopySupported: uffd,
       tlsWorkDir: path.join(runDir, '..', `${path.basename(runDir)}-mig-ca`),
-      tlsQemuDir: path.join(runDir, 'mig-tls'),
+      ...tlsDirs(vm, 'mig-tls'),
       qemuOwner: owner,
       log: this.o.log,
     });
@@ -197,7 +208,7 @@ export class KubeMigration implements MigrationHandoff {
       disks,
       postCopySupported: uffd,
       tlsHostname: req.tlsHostname,
-      tlsQemuDir: path.join(vm.stateSnapshot.runDir, `mig-tls-${req.migrationId}`),
+      ...tlsDirs(vm, `mig-tls-${req.migrationId}`),
       qemuOwner: { uid: vm.stateSnapshot.sandbox.uid, gid: vm.stateSnapshot.sandbox.gid },
       log: this.o.log,
     });
