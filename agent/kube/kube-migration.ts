@@ -42,6 +42,12 @@ export interface KubeMigrationOptions {
   /** How long a target waits for the source to finish. */
   timeoutMs?: number;
   /**
+   * How long a target waits for the source agent to connect after asking (default 120 s): a
+   * source that cannot act (its agent is down, cannot read the Secret, has no such VM) never
+   * connects, and the target should not hold its pod for the whole migration timeout.
+   */
+  connectTimeoutMs?: number;
+  /**
    * PVC/PV reads that tell node-local volumes from shared ones. Without it every volume counts
    * as shared (nothing is mirrored).
    */
@@ -133,9 +139,13 @@ export class KubeMigration implements MigrationHandoff {
       await ask({ migrationId, target: target.key, control: { host: this.o.controlAddress, port }, token, tlsHostname: `${migrationId}.migration.podvirt.io` });
       progress({ phase: 'requested' });
       let timer: NodeJS.Timeout | undefined;
+      let connectTimer: NodeJS.Timeout | undefined;
       let onAbort: (() => void) | undefined;
       const timeout = new Promise<never>((_, reject) => {
         timer = setTimeout(() => reject(new FailedPrecondition(`migration from ${source} did not finish within ${(this.o.timeoutMs ?? 900_000) / 1000} s`)), this.o.timeoutMs ?? 900_000);
+        const connectMs = this.o.connectTimeoutMs ?? 120_000;
+        connectTimer = setTimeout(() => reject(new FailedPrecondition(`the source agent did not connect within ${connectMs / 1000} s (is the agent of ${source}'s node running, and can it read the migration Secret?)`)), connectMs);
+        side.server.once('authenticated', () => clearTimeout(connectTimer));
         onAbort = () => reject(new Aborted('migration cancelled: the target pod is going away'));
         signal?.addEventListener('abort', onAbort);
       });
@@ -143,6 +153,7 @@ export class KubeMigration implements MigrationHandoff {
         await Promise.race([done, timeout]);
       } finally {
         clearTimeout(timer);
+        clearTimeout(connectTimer);
         if (onAbort) signal?.removeEventListener('abort', onAbort);
       }
       const report = await this.o.runtime.report(target.key);

@@ -10,7 +10,10 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import type { V1PersistentVolume, V1PersistentVolumeClaim, V1Pod } from '@kubernetes/client-node';
 import { CoreV1Api } from '@kubernetes/client-node';
+import { EventEmitter } from 'node:events';
 import { EventRecorder } from '../../agent/kube/event-recorder.js';
+import { KubeMigration } from '../../agent/kube/kube-migration.js';
+import type { VmCoreRuntime } from '../../agent/kube/vm-core-runtime.js';
 import { kubectlMain } from '../../agent/kube/kubectl/main.js';
 import { claimOf, nodeLocalDisks, nodeLocalVolumes, type VolumeLookup } from '../../agent/kube/local-volumes.js';
 import { LABEL_MIGRATION_ID, MigrationSecretStore, secretNameOf } from '../../agent/kube/migration-secrets.js';
@@ -286,5 +289,35 @@ describe('kubectl podvirt migrate: node-local claims get fresh copies on the tar
     assert.equal((api.getObject('persistentvolumeclaims', 'vms', vols.root!) as V1PersistentVolumeClaim).metadata!.ownerReferences, undefined, 'the VM\'s disk now outlives the pod');
     assert.match(errText, /claim vms\/db-root is no longer used by the VM/);
     assert.ok(api.getObject('persistentvolumeclaims', 'vms', 'db-root'), 'the old claim is left to its owner');
+  });
+});
+
+describe('cluster migration: a target whose source never connects', () => {
+  it('gives up after the connect timeout, stops its QEMU and says why', async () => {
+    const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'pvt-kmig-conn-'));
+    const stopped: string[] = [];
+    // The runtime's part is only to start and stop the incoming QEMU; a QMP that never speaks is enough here.
+    const runtime = {
+      runAs: () => ({ uid: 107, gid: 107 }),
+      runDirOf: () => path.join(dir, 'run'),
+      startIncoming: () => Promise.resolve({ qmp: new EventEmitter(), stateSnapshot: { runDir: path.join(dir, 'run') } }),
+      stop: (key: string) => {
+        stopped.push(key);
+        return Promise.resolve();
+      },
+    } as unknown as VmCoreRuntime;
+    const m = new KubeMigration({ runtime, controlAddress: '127.0.0.1', log, connectTimeoutMs: 300 });
+    const asked: MigrationRequest[] = [];
+    const target = { key: 'vms/t', pod: { metadata: { name: 't', namespace: 'vms', uid: '0123456789' }, status: { podIP: '127.0.0.1' } }, specText: '', sandbox: {} as DiscoveredSandbox, topology: {} };
+    try {
+      await assert.rejects(
+        m.migrateInto(target, 'vms/s', async (r) => void asked.push(r), () => undefined),
+        /the source agent did not connect within 0.3 s/,
+      );
+      assert.equal(asked.length, 1);
+      assert.deepEqual(stopped, ['vms/t']);
+    } finally {
+      await fs.rm(dir, { recursive: true, force: true });
+    }
   });
 });
