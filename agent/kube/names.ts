@@ -7,8 +7,8 @@ export const ANN_MIGRATE_FROM = 'vm.podvirt.io/migrate-from';
 export const ANN_MIGRATION = 'vm.podvirt.io/migration';
 /**
  * On a migration source pod, written by the target node's agent: where and how to send the VM
- * (JSON `MigrationRequest`). Carries the per-migration token, so pod read access in the namespace
- * means the ability to talk to that migration's control endpoint (see docs/kubernetes.md).
+ * (JSON `PublishedMigrationRequest`). No secret on the pod: it names the Secret in the agents'
+ * namespace that holds the migration's token (see agent/kube/migration-secrets.ts).
  */
 export const ANN_MIGRATION_REQUEST = 'vm.podvirt.io/migration-request';
 /** Which container's namespaces and cgroup QEMU joins (default `compute`, else the first). */
