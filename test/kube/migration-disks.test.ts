@@ -301,7 +301,8 @@ describe('cluster migration with a node-local disk (two agents, two CSI drivers,
     const mark = (await serial()).length;
     await serialSend(console, 'dd if=/dev/urandom of=/dev/vda bs=1M seek=8 count=4 conv=fsync 2>/dev/null; dd if=/dev/vda bs=1M skip=8 count=4 2>/dev/null | md5sum | sed "s/^/SUM-DURING /"');
     const during = await until('checksum of the data written during the mirror', async () => /SUM-DURING ([0-9a-f]{32})/.exec((await serial()).slice(mark))?.[1], 60_000);
-    assert.equal(migration('dvm').phase, 'MirroringDisks', 'written while the disk was being mirrored');
+    // Written while the disk was mirrored (or, on a slow machine, already in sync and written to both sides).
+    assert.ok(['MirroringDisks', 'PreCopy'].includes(migration('dvm').phase ?? '') && cond('dvm-t')?.reason !== 'Migrated', `phase ${migration('dvm').phase}`);
     assert.equal(await code, 0, err());
     assert.equal(cond('dvm-t')?.reason, 'Migrated', migration('dvm-t').message);
     assert.equal((api.getObject('persistentvolumeclaims', 'default', pod('dvm-t')!.spec!.volumes![0]!.persistentVolumeClaim!.claimName) as { metadata: { ownerReferences?: unknown } }).metadata.ownerReferences, undefined);
