@@ -237,15 +237,20 @@ export class LocalAgent {
       const want: Record<string, number> = { ...pod.deviceResources };
       if (shape.wantsTun) want['devices.kubevirt.io/tun'] = Math.max(want['devices.kubevirt.io/tun'] ?? 0, 1);
       if (shape.wantsKvm) want['devices.kubevirt.io/kvm'] = Math.max(want['devices.kubevirt.io/kvm'] ?? 0, 1);
-      const grant: DeviceGrant = await this.o.devices.allocate(want);
-      undo.push(async () => this.o.devices.release(grant.ids));
-      rt.devices = grant.ids;
-      await this.store.saveRuntime(rt);
-      await this.o.sandboxes.allowDevices(pod.name, grant.devices.map((d) => d.hostPath));
-      mark('devices');
+      let grant: DeviceGrant | undefined;
+      const devices = async () => {
+        const g = await this.o.devices.allocate(want);
+        undo.push(async () => this.o.devices.release(g.ids));
+        grant = g;
+        rt.devices = g.ids;
+        await this.store.saveRuntime(rt);
+        await this.o.sandboxes.allowDevices(pod.name, g.devices.map((d) => d.hostPath));
+        mark('devices');
+      };
 
-      // Volumes and networks do not depend on each other: set them up side by side (a kubelet's
-      // volume manager and the runtime's network setup do not wait for each other either).
+      // Devices, volumes and networks do not depend on each other: set them up side by side (a
+      // kubelet's device manager, volume manager and the runtime's network setup do not wait for
+      // each other either).
       const volumes = async () => {
         // Provision (kept across runs for PVCs), stage, publish.
         for (const claim of pod.claims) {
@@ -302,9 +307,9 @@ export class LocalAgent {
         mark('networks');
       };
       // Both run to the end before a failure is raised, so the rollback sees everything they made.
-      const settled = await Promise.allSettled([volumes(), networks()]);
+      const settled = await Promise.allSettled([devices(), volumes(), networks()]);
       for (const r of settled) if (r.status === 'rejected') throw r.reason;
-      // The two branches saved concurrently: the last word is the complete record.
+      // The branches saved concurrently: the last word is the complete record.
       await this.store.saveRuntime(rt);
       await this.store.savePod(rec);
 
@@ -315,7 +320,7 @@ export class LocalAgent {
         sandbox: sb,
         volumes: rt.volumes,
         attachments: rt.attachments,
-        devices: grant,
+        devices: grant!,
         topology,
         ...(migration ? { incoming: true } : {}),
         onStep: (step) => mark(`vm: ${step}`),

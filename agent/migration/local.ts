@@ -4,7 +4,6 @@ import * as path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { isSeq, parseAllDocuments, type Document } from 'yaml';
 import { AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, errorMessage } from '../../lib/errors.js';
-import { writeJsonAtomic } from '../../lib/fs-atomic.js';
 import { silentLogger, type Logger } from '../../lib/log.js';
 import { IPAM_KEY_ANNOTATION, vmIpamKey } from '../local/networks.js';
 import type { QmpClient } from '../qmp/index.js';
@@ -172,9 +171,11 @@ export class LocalMigrations {
     const undo: Array<() => Promise<unknown>> = [];
     let target: Awaited<ReturnType<LocalMigrationHost['startTarget']>> | undefined;
     let result: MigrationResult;
+    // Per pod, so the loser's can go after the pod itself (below).
+    const migrationNets = new Map<string, () => Promise<void>>();
     const addMigrationNetwork = async (pod: string, netns: string, side: string) => {
       const m = await this.host.addMigrationNetwork(pod, netns);
-      undo.push(() => m.remove());
+      migrationNets.set(pod, () => m.remove());
       mark(`migration network: ${side}`);
       return m;
     };
@@ -184,8 +185,9 @@ export class LocalMigrations {
       const token = newMigrationToken();
       // The orchestrator's hand-off of the secret: a root-only file both halves read.
       const tokenFile = path.join(dir, 'token.json');
-      await writeJsonAtomic(tokenFile, { migrationId: rec.id, source: rec.source, token });
-      await fs.chmod(tokenFile, 0o600);
+      // Created 0600 (never readable by others, not even for a moment); it lives as long as the
+      // migration and is useless after an agent restart, so it needs no fsync.
+      await fs.writeFile(tokenFile, JSON.stringify({ migrationId: rec.id, source: rec.source, token }), { mode: 0o600, flag: 'wx' });
       mark('token written');
 
       // The source's migration attachment and the target pod are independent; the target's own
@@ -275,14 +277,23 @@ export class LocalMigrations {
       result = { outcome: signal.aborted ? 'cancelled' : 'failed', reason, progress: rec.progress, postCopy: false, notes: [] };
     }
     this.touch(rec);
-    for (const r of await Promise.allSettled(undo.map((u) => u()))) {
-      if (r.status === 'rejected') this.log.warn({ err: errorMessage(r.reason) }, 'migration clean-up step failed');
-    }
-    mark('migration networks and control removed');
     // The loser goes: the source after a success (its volumes were copied), the target otherwise.
-    if (result.outcome === 'completed') await this.host.stopPod(rec.source, { deleteVolumes: true }).catch((e: unknown) => this.log.error({ err: errorMessage(e) }, 'stopping the migrated source'));
-    else if (target) await this.host.stopPod(target.name, { deleteVolumes: true }).catch((e: unknown) => this.log.error({ err: errorMessage(e) }, 'removing the migration target'));
-    mark(result.outcome === 'completed' ? 'source pod removed' : 'target pod removed');
+    // Its migration attachment is released after it (its netns is gone then, and the attachment
+    // with it), everything else in parallel with it.
+    const loser = result.outcome === 'completed' ? rec.source : target?.name;
+    const loserNet = loser !== undefined ? migrationNets.get(loser) : undefined;
+    if (loser !== undefined) migrationNets.delete(loser);
+    const warn = (what: string) => (e: unknown) => this.log.warn({ err: errorMessage(e) }, what);
+    await Promise.all([
+      Promise.allSettled([...undo, ...migrationNets.values()].map((u) => u().catch(warn('migration clean-up step failed')))).then(() => mark('migration networks and control removed')),
+      (async () => {
+        if (loser === undefined) return;
+        await this.host.stopPod(loser, { deleteVolumes: true }).catch((e: unknown) => this.log.error({ err: errorMessage(e), pod: loser }, result.outcome === 'completed' ? 'stopping the migrated source' : 'removing the migration target'));
+        mark(result.outcome === 'completed' ? 'source pod removed' : 'target pod removed');
+        await loserNet?.().catch(warn('migration clean-up step failed'));
+        mark(`migration network of ${result.outcome === 'completed' ? 'the source' : 'the target'} released`);
+      })(),
+    ]);
     this.log.info({ migrationId: rec.id, steps: rec.steps }, 'migration steps');
     // Only now: a client that sees the result must find the loser gone.
     rec.result = result;
