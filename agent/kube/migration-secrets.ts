@@ -93,7 +93,13 @@ export class MigrationSecretStore {
   /** Source side: the token of a migration, checked against the Secret's own label. */
   async token(migrationId: string, secretName: string): Promise<string> {
     if (secretName !== secretNameOf(migrationId)) throw new InvalidArgument(`migration ${migrationId}: Secret ${JSON.stringify(secretName)} is not this migration's`);
-    const s = await this.core.readNamespacedSecret({ namespace: this.o.namespace, name: secretName });
+    let s: V1Secret;
+    try {
+      s = await this.core.readNamespacedSecret({ namespace: this.o.namespace, name: secretName });
+    } catch (e) {
+      if (isNotFound(e)) throw new FailedPrecondition(`no migration Secret ${this.o.namespace}/${secretName}: the request was not made by a podvirt agent, or its migration has ended`);
+      throw e;
+    }
     if (s.metadata?.labels?.[LABEL_MIGRATION_ID] !== migrationId || s.metadata.labels[LABEL_MANAGED] !== MANAGER) {
       throw new FailedPrecondition(`Secret ${this.o.namespace}/${secretName} is not a podvirt migration Secret`);
     }
