@@ -57,6 +57,13 @@ export function guestDhcpOf(c: ComposeConfig): Promise<GuestDhcp> {
   return g;
 }
 
+/** Creates `dir` if missing and lets everyone traverse it (not list it). */
+async function ensureTraversable(dir: string): Promise<void> {
+  await fs.mkdir(dir, { recursive: true, mode: 0o711 });
+  const { mode } = await fs.stat(dir);
+  if ((mode & 0o011) !== 0o011) await fs.chmod(dir, (mode & 0o7777) | 0o011);
+}
+
 export function csiSocketOf(c: ComposeConfig): string {
   return c.csiEndpoint ? c.csiEndpoint.replace(/^unix:(\/\/)?/, '') : path.join(c.kubeletDir, 'plugins', 'csi.podvirt.io', 'csi.sock');
 }
@@ -111,6 +118,9 @@ export async function buildServers(c: ComposeConfig): Promise<Array<{ name: stri
       name: 'cni',
       start: async () => {
         const { startCniServer } = await import('../../cni/server.js');
+        // The socket's directory is the run dir, where QEMU (the pod's uid) also reaches its own
+        // sockets below vms/: the server would create it 0700, so make it traversable first.
+        await ensureTraversable(c.runDir);
         const guest = on('dhcp') ? await guestDhcpOf(c) : undefined;
         return startCniServer({
           socketPath: cniSocketOf(c),
