@@ -30,6 +30,7 @@ export class DhcpServer {
   private readonly log: Logger;
   private readonly run: Exec;
   private readonly serverIds = new Map<string, string>();
+  private readonly warned = new Set<string>();
   /** Count of replies sent, for tests and status. */
   replies = 0;
 
@@ -101,15 +102,40 @@ export class DhcpServer {
     this.log.info({ mac: lease.mac, ip: lease.ip, to: reply.to, type: reply.packet.options.get(53)?.[0] }, 'dhcp reply');
   }
 
-  /** The bridge's own IPv4 address (the server identifier clients send back). */
+  /**
+   * The bridge's own IPv4 address in the lease's subnet (the server identifier clients send back,
+   * and the source the kernel routes the reply from). A bridge without one cannot carry the reply:
+   * it would follow another route. That is the operator's network to fix, so it is said once per
+   * bridge and looked up again next time (the address may have been added since).
+   */
   private async serverId(lease: StaticLease): Promise<string> {
-    const cached = this.serverIds.get(lease.bridge);
+    const key = `${lease.bridge}|${subnetOf(lease.ip, lease.prefixLength)}`;
+    const cached = this.serverIds.get(key);
     if (cached) return cached;
     const out = await this.run('ip', ['-j', '-4', 'addr', 'show', 'dev', lease.bridge]);
-    const info = JSON.parse(out.stdout) as { addr_info?: { local: string }[] }[];
-    const addr = info[0]?.addr_info?.[0]?.local ?? lease.gateway;
+    const info = JSON.parse(out.stdout || '[]') as { addr_info?: { local: string }[] }[];
+    const addrs = (info[0]?.addr_info ?? []).map((a) => a.local);
+    const inSubnet = addrs.find((a) => subnetOf(a, lease.prefixLength) === subnetOf(lease.ip, lease.prefixLength));
+    if (inSubnet) {
+      this.serverIds.set(key, inSubnet);
+      return inSubnet;
+    }
+    if (!this.warned.has(key)) {
+      this.warned.add(key);
+      this.log.warn(
+        { bridge: lease.bridge, subnet: `${subnetOf(lease.ip, lease.prefixLength)}/${lease.prefixLength}`, addresses: addrs },
+        'the bridge has no IPv4 address in the guest subnet: DHCP replies cannot reach guests on it (give it one, e.g. the gateway)',
+      );
+    }
+    const addr = addrs[0] ?? lease.gateway;
     if (!addr) throw new FailedPrecondition(`bridge ${lease.bridge} has no IPv4 address to answer DHCP from`);
-    this.serverIds.set(lease.bridge, addr);
     return addr;
   }
+}
+
+/** Network address of `ip/prefix`. */
+function subnetOf(ip: string, prefix: number): string {
+  const n = ipToBuf(ip).readUInt32BE(0);
+  const mask = prefix === 0 ? 0 : (0xffffffff << (32 - prefix)) >>> 0;
+  return [24, 16, 8, 0].map((s) => (((n & mask) >>> 0) >>> s) & 0xff).join('.');
 }
