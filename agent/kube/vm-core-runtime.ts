@@ -3,12 +3,19 @@
  * a pod already running on the node (found by agent/kube/pod-discovery) into the plan's inputs
  * and starts one VmController per pod.
  *
- * Where QEMU runs: in the pod's network namespace and in its container's cgroups (every
- * hierarchy), as the pod's non-root uid with no capabilities (the VM core's launcher). It stays
- * in the host's mount namespace, and reaches the pod's files through `/proc/<pid>/root/...`
- * (volume devices, volume mounts, kernel/initrd paths as the pod sees them); its sockets live in
- * the agent's run dir. The container's device cgroup still applies to QEMU, so `/dev/kvm`, tun
- * and vhost open only when the pod was allocated them.
+ * Where QEMU runs: inside the pod. The launcher joins the container's cgroups (every hierarchy),
+ * then enters every namespace of the container's process (mount, network, pid, IPC, UTS, cgroup)
+ * and drops to the pod's non-root uid with no capabilities (the VM core's `inPodLauncher`). So
+ * every path of the VM spec is the pod's: block volumes at their `volumeDevices` devicePath,
+ * files on volume mounts, kernel/initrd, taps in the pod's netns. The container's device cgroup
+ * applies to QEMU, so `/dev/kvm`, tun and vhost open only when the pod was allocated them.
+ *
+ * QEMU's run dir (QMP and serial sockets, pid file, serial log) is a directory in the pod,
+ * `<podRunDir>/vms/<pod uid>` (podRunDir defaults to the agent's run dir, `/run/podvirt` in the
+ * chart); the agent creates it through `/proc/<pid>/root` and reaches the sockets the same way
+ * (through QEMU's own root once it runs). The pod needs no hostPath for it (Pod Security
+ * `baseline` holds); with `readOnlyRootFilesystem` the pod mounts an emptyDir there. QEMU's
+ * stdout/stderr log and the durable state stay on the node, in the agent's own dirs.
  */
 import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
@@ -25,8 +32,10 @@ import type { VmExit, VmReport, VmRuntime, VmTarget } from './vm-runtime.js';
 export interface VmCoreRuntimeOptions {
   /** Durable per-VM state (`<stateDir>/vms/<pod uid>/vm.json`). */
   stateDir: string;
-  /** Sockets, serial log, QEMU log (`<runDir>/vms/<pod uid>/`). */
+  /** QEMU's log on the node (`<runDir>/vms/<pod uid>/qemu.log`). */
   runDir: string;
+  /** QEMU's run dir as the pod sees it: `<podRunDir>/vms/<pod uid>` (default: `runDir`). */
+  podRunDir?: string;
   procRoot?: string;
   sysRoot?: string;
   devRoot?: string;
@@ -79,8 +88,20 @@ export class VmCoreRuntime implements VmRuntime {
     this.procRoot = o.procRoot ?? '/proc';
   }
 
-  private dirs(uid: string): { state: string; run: string } {
-    return { state: path.join(this.o.stateDir, 'vms', uid), run: path.join(this.o.runDir, 'vms', uid) };
+  private dirs(uid: string): { state: string; run: string; pod: string } {
+    return { state: path.join(this.o.stateDir, 'vms', uid), run: path.join(this.o.runDir, 'vms', uid), pod: path.join(this.o.podRunDir ?? this.o.runDir, 'vms', uid) };
+  }
+
+  /** A path of the pod's filesystem as the agent reaches it through a pod process. */
+  private viaPod(pid: number, podPath: string): string {
+    return path.join(this.procRoot, String(pid), 'root', podPath);
+  }
+
+  /** Removes QEMU's run dir in the pod, if `pid` is still a process of that pod (same mount namespace). */
+  private async removePodRunDir(uid: string, pid: number, mntNs: string | undefined): Promise<void> {
+    const ns = await fs.readlink(path.join(this.procRoot, String(pid), 'ns', 'mnt')).catch(() => undefined);
+    if (ns === undefined || (mntNs !== undefined && ns !== mntNs)) return;
+    await fs.rm(this.viaPod(pid, this.dirs(uid).pod), { recursive: true, force: true }).catch(() => undefined);
   }
 
   private controllerOpts(t: VmTarget) {
@@ -104,28 +125,44 @@ export class VmCoreRuntime implements VmRuntime {
     return { uid, gid: pod.spec?.securityContext?.runAsGroup ?? uid };
   }
 
-  /** The VM's run dir on the node (QEMU-owned; migration credentials go below it). */
+  /** The VM's dir on the node (agent-owned: QEMU's log; migration work files go below it). */
   runDirOf(pod: V1Pod): string {
     return this.dirs(pod.metadata!.uid!).run;
+  }
+
+  /**
+   * QEMU's run dir as QEMU sees it, in the pod. Files the agent writes for QEMU to read (e.g.
+   * migration TLS credentials) go through `controller(key).agentPath(...)` of a path below it.
+   */
+  podRunDirOf(pod: V1Pod): string {
+    return this.dirs(pod.metadata!.uid!).pod;
   }
 
   private async launch(t: VmTarget, incoming: boolean): Promise<VmReport> {
     const input = podVmInput(t.pod);
     const uid = t.pod.metadata!.uid!;
     const pid = t.sandbox.pid;
-    const inPod = (p: string) => path.join(this.procRoot, String(pid), 'root', p);
     const cpuset = parseCpuList(await fs.readFile(t.sandbox.cgroup.cpusFile, 'utf8'));
+    // QEMU runs in the pod's mount namespace: the spec's paths are used as the pod sees them.
     const volumes: Record<string, VolumeSource> = {};
     for (const [name, v] of Object.entries(input.volumes)) {
-      volumes[name] = v.kind === 'block' ? { kind: 'block', devicePath: inPod(v.devicePath) } : { kind: 'filesystem', mountPath: inPod(v.mountPath) };
+      volumes[name] = v.kind === 'block' ? { kind: 'block', devicePath: v.devicePath } : { kind: 'filesystem', mountPath: v.mountPath };
     }
     const environ = await fs.readFile(path.join(this.procRoot, String(pid), 'environ'), 'utf8').catch(() => '');
     const dirs = this.dirs(uid);
-    // QEMU (the pod's uid) must traverse to its own run dir, which the VM core creates and chowns.
-    await fs.mkdir(path.dirname(dirs.run), { recursive: true, mode: 0o755 });
-    await fs.chmod(path.dirname(dirs.run), 0o755);
+    // QEMU (the pod's uid) must traverse to its own run dir in the pod, which the VM core creates
+    // and chowns. First, so that when the pod shares the node's filesystem (tests) the agent's
+    // own dirs below do not make the shared parents private.
+    const podParent = this.viaPod(pid, path.dirname(dirs.pod));
+    try {
+      await fs.mkdir(podParent, { recursive: true, mode: 0o755 });
+      await fs.chmod(podParent, 0o755);
+    } catch (e) {
+      throw new FailedPrecondition(`cannot make QEMU's run dir ${dirs.pod} in the pod (mount an emptyDir at ${this.o.podRunDir ?? this.o.runDir}): ${errorMessage(e)}`, { cause: e });
+    }
+    await fs.mkdir(dirs.run, { recursive: true, mode: 0o750 });
     await fs.mkdir(dirs.state, { recursive: true, mode: 0o700 });
-    const spec = { ...input.spec, ...(input.spec.kernel ? { kernel: inPod(input.spec.kernel) } : {}), ...(input.spec.initrd ? { initrd: inPod(input.spec.initrd) } : {}) };
+    const spec = input.spec;
     const facts: PodFacts = {
       vmName: t.pod.metadata!.name!,
       vmId: uid,
@@ -137,13 +174,18 @@ export class VmCoreRuntime implements VmRuntime {
       vhostNet: (input.resources.extended['devices.kubevirt.io/vhost-net'] ?? 0) > 0,
       kvmUsable: (await probeKvm({ dev: this.o.devRoot ?? '/dev', sys: this.o.sysRoot ?? '/sys' })).usable,
       machineAliases: await qemuMachineAliases(),
-      runDir: dirs.run,
+      runDir: dirs.pod,
       ...(t.topology !== undefined ? { topology: t.topology } : {}),
     };
     if (incoming && t.topology === undefined) throw new FailedPrecondition('a migration target needs the source VM\'s recorded topology');
     const plan = planVm(spec, facts, { incoming });
     const { uid: runAs, gid: runGroup } = this.runAs(t.pod);
-    const vm = await VmController.start(this.controllerOpts(t), plan, { cgroupDirs: t.sandbox.cgroup.procs, netns: t.sandbox.netns, uid: runAs, gid: runGroup }, { cont: !incoming });
+    const vm = await VmController.start(
+      this.controllerOpts(t),
+      plan,
+      { cgroupDirs: t.sandbox.cgroup.procs, uid: runAs, gid: runGroup },
+      { cont: !incoming, inPod: { targetPid: pid, logDir: dirs.run } },
+    );
     this.track(t.key, uid, vm);
     return this.reportOf(vm, t);
   }
@@ -153,6 +195,7 @@ export class VmCoreRuntime implements VmRuntime {
     if (!vm) {
       // Nothing alive to adopt: whatever an ended VM left on the node is stale.
       const d = this.dirs(t.pod.metadata!.uid!);
+      await this.removePodRunDir(t.pod.metadata!.uid!, t.sandbox.pid, undefined);
       await fs.rm(d.run, { recursive: true, force: true });
       await fs.rm(d.state, { recursive: true, force: true });
       return undefined;
@@ -187,9 +230,11 @@ export class VmCoreRuntime implements VmRuntime {
     const e = this.vms.get(key);
     if (!e) return;
     this.vms.delete(key);
+    const inPod = e.vm.stateSnapshot.inPod;
     try {
       await e.vm.shutdown(timeoutMs);
     } finally {
+      if (inPod) await this.removePodRunDir(e.uid, inPod.targetPid, inPod.mntNs);
       await fs.rm(this.dirs(e.uid).run, { recursive: true, force: true });
       await fs.rm(this.dirs(e.uid).state, { recursive: true, force: true });
     }

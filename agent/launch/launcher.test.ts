@@ -29,7 +29,7 @@ describe('agent-core: launcher argv', () => {
     const argv = inPodLauncher(qemu, 4242, { cgroupDirs: ['/sys/fs/cgroup/kubepods/pod-x/c1'], uid: 107, gid: 107 });
     assert.deepEqual(argv, [
       'sh', '-c', LAUNCH_SCRIPT, 'podvirt-launch', '1', '/sys/fs/cgroup/kubepods/pod-x/c1',
-      'nsenter', '--target=4242', '--net', '--ipc', '--uts', '--mount', '--pid', '--',
+      'nsenter', '--target=4242', '--net', '--ipc', '--uts', '--mount', '--pid', '--cgroup', '--',
       'sh', '-c', '"$@" </dev/null &', 'podvirt-bg',
       ...priv,
       ...qemu,

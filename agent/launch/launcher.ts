@@ -47,10 +47,14 @@ export function launcherCommand(qemuArgv: readonly string[], sb: LaunchSandbox):
 
 /**
  * The in-cluster variant: enter every namespace of a process already in the pod (its pause or
- * compute container's first process). Entering a pid namespace makes nsenter fork; the inner
- * shell starts QEMU in the background and exits, so QEMU is re-parented to the pod's init and
- * nsenter exits too: again no process of ours remains. QEMU's pid inside the pod comes from its
- * `-pidfile`; `findHostPid` maps it to the host pid.
+ * compute container's first process): network, IPC, UTS, mount, pid and cgroup, so every path in
+ * QEMU's argv (volume devices at their devicePath, files on volume mounts, its run dir) resolves
+ * in the pod's filesystem, taps are found in the pod's netns, and /proc/self/cgroup reads as the
+ * container sees it. The cgroup.procs writes happen before nsenter, while the shell still sees
+ * the host's cgroup tree. Entering a pid namespace makes nsenter fork; the inner shell starts
+ * QEMU in the background and exits, so QEMU is re-parented to the pod's init and nsenter exits
+ * too: again no process of ours remains. QEMU's pid inside the pod comes from its `-pidfile`;
+ * `findHostPid` maps it to the host pid.
  */
 export function inPodLauncher(qemuArgv: readonly string[], targetPid: number, sb: Omit<LaunchSandbox, 'netns'>): string[] {
   checkIds(sb.uid, sb.gid);
@@ -64,6 +68,7 @@ export function inPodLauncher(qemuArgv: readonly string[], targetPid: number, sb
     '--uts',
     '--mount',
     '--pid',
+    '--cgroup',
     '--',
     'sh',
     '-c',

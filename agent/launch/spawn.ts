@@ -25,11 +25,14 @@ export async function spawnQemu(opts: {
   staleFiles?: string[];
   /** Override the launcher (in-cluster variant). */
   argv?: string[];
+  /** Where `qemu.log` goes (default the run dir): the agent opens it, so it may be a host dir QEMU never sees. */
+  logDir?: string;
 }): Promise<SpawnedQemu> {
   await fs.mkdir(opts.runDir, { recursive: true, mode: 0o750 });
   await fs.chown(opts.runDir, opts.sandbox.uid, opts.sandbox.gid);
   for (const f of opts.staleFiles ?? []) await fs.rm(f, { force: true });
-  const logFile = path.join(opts.runDir, 'qemu.log');
+  if (opts.logDir) await fs.mkdir(opts.logDir, { recursive: true, mode: 0o750 });
+  const logFile = path.join(opts.logDir ?? opts.runDir, 'qemu.log');
   const log = await fs.open(logFile, 'a', 0o640);
   const argv = opts.argv ?? launcherCommand(opts.qemuArgv, opts.sandbox);
   try {

@@ -53,6 +53,13 @@ export interface VmState {
   pins: PinMap;
   argv: string[];
   startedAt: string;
+  /**
+   * Set when QEMU runs in a pod's namespaces: `qmpSocket`, `serialSocket`, `serialLog` and
+   * `pidFile` are then the agent's view (`/proc/<qemuPid>/root/<pod path>`), `podPaths` QEMU's
+   * sockets and pid file as it sees them, removed through the pod process's root at cleanup (the
+   * serial log stays with the pod for a post-mortem).
+   */
+  inPod?: { targetPid: number; mntNs: string; podPaths: string[] };
 }
 
 export interface VmControllerOptions {
@@ -73,10 +80,11 @@ export interface StartOptions {
   launcherArgv?: string[];
   /**
    * In-cluster variant: enter every namespace of `targetPid` (a process of the pod) with
-   * `inPodLauncher`; `sandbox.netns` is then ignored. `hostPath` maps a path as QEMU sees it
-   * in the pod (run dir, sockets, pid file) to the agent's view (default: the same path).
+   * `inPodLauncher`; `sandbox.netns` is then ignored and every path of the plan is a path in the
+   * pod. The agent reaches QEMU's run dir (sockets, pid file, serial log) through
+   * `/proc/<pid>/root`; `logDir` is a host dir for `qemu.log` (default: the run dir in the pod).
    */
-  inPod?: { targetPid: number; hostPath?: (podPath: string) => string };
+  inPod?: { targetPid: number; logDir?: string };
 }
 
 /** A disk to hotplug: its backing file or block device, as QEMU sees it. */
@@ -129,8 +137,12 @@ export class VmController extends EventEmitter {
 
   /** Launches QEMU (paused), connects QMP, pins vCPUs, then resumes the guest. Kills QEMU if any step fails. */
   static async start(opts: VmControllerOptions, plan: VmPlan, sandbox: LaunchSandbox, so: StartOptions = {}): Promise<VmController> {
-    const host = so.inPod?.hostPath ?? ((p: string) => p);
+    const procRoot = opts.procRoot ?? '/proc';
+    const rootOf = (pid: number) => (p: string) => path.join(procRoot, String(pid), 'root', p);
+    const host = so.inPod ? rootOf(so.inPod.targetPid) : (p: string) => p;
     const runDir = host(path.dirname(plan.paths.qmpSocket));
+    const podFiles = [plan.paths.qmpSocket, plan.paths.pidFile, ...(plan.paths.serialSocket ? [plan.paths.serialSocket] : [])];
+    const mntNs = so.inPod ? await fs.readlink(path.join(procRoot, String(so.inPod.targetPid), 'ns', 'mnt')) : '';
     const launcher = so.inPod
       ? inPodLauncher(plan.argv, so.inPod.targetPid, { cgroupDirs: sandbox.cgroupDirs, uid: sandbox.uid, gid: sandbox.gid })
       : (so.launcherArgv ?? launcherCommand(plan.argv, sandbox));
@@ -138,8 +150,9 @@ export class VmController extends EventEmitter {
       qemuArgv: plan.argv,
       sandbox,
       runDir,
-      staleFiles: [plan.paths.qmpSocket, plan.paths.pidFile, ...(plan.paths.serialSocket ? [plan.paths.serialSocket] : [])].map(host),
+      staleFiles: podFiles.map(host),
       argv: launcher,
+      ...(so.inPod?.logDir ? { logDir: so.inPod.logDir } : {}),
     });
     const state: VmState = {
       version: 1,
@@ -156,6 +169,7 @@ export class VmController extends EventEmitter {
       pins: plan.pins,
       argv: plan.argv,
       startedAt: new Date().toISOString(),
+      ...(so.inPod ? { inPod: { targetPid: so.inPod.targetPid, mntNs, podPaths: podFiles } } : {}),
     };
     const vm = new VmController(opts, state);
     let exitedEarly: string | undefined;
@@ -173,6 +187,13 @@ export class VmController extends EventEmitter {
         const hostPid = await findHostPid(nsPid, so.inPod.targetPid, opts.procRoot);
         if (!hostPid) throw new FailedPrecondition(`QEMU (pid ${nsPid} in the pod) not found from the host`);
         state.qemuPid = hostPid;
+        // From now on reach the pod's files through QEMU's own root: it lives exactly as long as
+        // QEMU does, even when the process we entered (a container's first process) goes first.
+        const viaQemu = rootOf(hostPid);
+        state.qmpSocket = viaQemu(plan.paths.qmpSocket);
+        state.pidFile = viaQemu(plan.paths.pidFile);
+        state.serialSocket = plan.paths.serialSocket && viaQemu(plan.paths.serialSocket);
+        state.serialLog = plan.paths.serialLog && viaQemu(plan.paths.serialLog);
       } catch (e) {
         throw new FailedPrecondition(`QEMU did not come up in the pod: ${errorMessage(e)}: ${await logTail(spawned.logFile)}`, { cause: e });
       }
@@ -462,6 +483,24 @@ export class VmController extends EventEmitter {
     await this.reportExit();
     await fs.rm(path.join(this.opts.stateDir, STATE_FILE), { force: true });
     for (const f of [this.state.qmpSocket, this.state.serialSocket, this.state.pidFile]) if (f) await fs.rm(f, { force: true });
+    await this.cleanupInPod();
+  }
+
+  /** QEMU's root is gone with QEMU: remove its files through the pod process, if that is still the same pod. */
+  private async cleanupInPod(): Promise<void> {
+    const ip = this.state.inPod;
+    if (!ip) return;
+    const base = path.join(this.opts.procRoot ?? '/proc', String(ip.targetPid));
+    const ns = await fs.readlink(path.join(base, 'ns', 'mnt')).catch(() => undefined);
+    if (ns !== ip.mntNs) return; // the pod is gone (and its files with it), or the pid was reused
+    for (const f of ip.podPaths) {
+      await fs.rm(path.join(base, 'root', f), { force: true }).catch(() => undefined);
+    }
+  }
+
+  /** The agent's path of a file as QEMU sees it (`/proc/<qemuPid>/root/...` when QEMU runs in a pod). */
+  agentPath(qemuPath: string): string {
+    return this.state.inPod ? path.join(this.opts.procRoot ?? '/proc', String(this.state.qemuPid), 'root', qemuPath) : qemuPath;
   }
 
   /** Closes QMP without touching QEMU (agent shutdown); `adopt` picks it up again. */
