@@ -159,13 +159,18 @@ export class TargetSide extends EventEmitter {
     }
     if (st.status === 'inmigrate' || this.resumeHandled) return;
     this.resumeHandled = true;
+    // The network hand-over and `cont` do not wait for each other: the guest runs again as soon as
+    // it can (its pause is the guest-visible downtime), and is announced once its taps are open.
+    const handOver = (async () => {
+      try {
+        if (this.o.onResume) await this.o.onResume();
+      } catch (e) {
+        this.log.error({ err: errorMessage(e) }, 'network hand-over failed on the target');
+      }
+    })();
     try {
-      if (this.o.onResume) await this.o.onResume();
-    } catch (e) {
-      this.log.error({ err: errorMessage(e) }, 'network hand-over failed on the target');
-    }
-    try {
-      if (!st.running && (st.status === 'paused' || st.status === 'prelaunch')) await this.o.qmp.execute('cont');
+      const resume = !st.running && (st.status === 'paused' || st.status === 'prelaunch') ? this.o.qmp.execute('cont') : Promise.resolve();
+      await Promise.all([resume, handOver]);
       // RARP/GARP from every NIC so switches and the bridge learn the VM's MAC on this side.
       await this.o.qmp.execute('announce-self', { initial: 50, max: 550, rounds: 5, step: 100 });
     } catch (e) {
