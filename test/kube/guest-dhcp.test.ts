@@ -456,6 +456,31 @@ describe('kube guest DHCP: a VM pod gets its address from the agent (CNI through
     assert.match(r.stdout, new RegExp(`LEASE ${ip.replace(/\./g, '\\.')}\\b`));
   });
 
+  it('with no CNI server listening, the bundle fallback leaves the same record, which a starting agent reads; its DEL removes it', async () => {
+    const ns = `pvtgd-b${tag}`;
+    const sockDir = path.join(tmp, 'no-agent');
+    await fs.mkdir(sockDir);
+    await exec('ip', ['netns', 'add', ns]);
+    const base = { plugin: shim, config: netConfig, containerId: `bundle${tag}`, netns: `/run/netns/${ns}`, ifname: 'net1', path: [path.dirname(shim), '/usr/lib/cni'], env: { PODVIRT_CNI_SOCKET: path.join(sockDir, 'cni.sock') } };
+    try {
+      const add = await invokeCni({ ...base, command: 'ADD', args: 'IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=other;K8S_POD_UID=u2' });
+      assert.equal(add.exitCode, 0, add.stdout + add.stderr);
+      const g = new GuestDhcp({ attachmentDir: attachmentDirFor(base.env.PODVIRT_CNI_SOCKET), log: silentLogger });
+      const [a] = g.knownAttachments();
+      const st = await fs.stat(`/run/netns/${ns}`);
+      assert.deepEqual(
+        { pod: a?.pod, netnsId: a?.netnsId, bridge: a?.bridge, ip: a?.ips[0]?.address },
+        { pod: { namespace: 'default', name: 'other', uid: 'u2' }, netnsId: { ino: st.ino, dev: st.dev }, bridge, ip: (add.result!.ips as Array<{ address: string }>)[0]!.address },
+      );
+      const del = await invokeCni({ ...base, command: 'DEL' });
+      assert.equal(del.exitCode, 0, del.stdout + del.stderr);
+      assert.deepEqual(readAttachments(attachmentDirFor(base.env.PODVIRT_CNI_SOCKET)), []);
+    } finally {
+      await invokeCni({ ...base, command: 'DEL' }).catch(() => undefined);
+      await exec('ip', ['netns', 'delete', ns], { allowFailure: true });
+    }
+  });
+
   it('pod deleted: the VM stops and its lease goes (the DHCP server no longer answers for the MAC); CNI DEL removes the record', async function () {
     if (status().phase !== 'Running') skipBecause(this, 'needs the VM of the previous test');
     const guestMac = (await guestDhcpOf(cfg)).leases()[0]!.mac;
