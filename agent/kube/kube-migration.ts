@@ -27,6 +27,7 @@ import type { MigrationProgress as DriverProgress } from '../migration/progress.
 import { SourceSide } from '../migration/source.js';
 import { TargetSide } from '../migration/target.js';
 import { nodeLocalDisks, nodeLocalVolumes, type VolumeLookup } from './local-volumes.js';
+import type { VmController } from '../vm/index.js';
 import type { VmCoreRuntime } from './vm-core-runtime.js';
 import type { MigrationHandoff, MigrationOutcome, MigrationProgress, MigrationRequest, VmReport, VmTarget } from './vm-runtime.js';
 
@@ -81,10 +82,9 @@ export function migrationAddressOf(pod: V1Pod): string {
  * (`tlsQemuView`), written by the agent through the path the controller maps it to (QEMU may
  * run in the pod's mount namespace, where `/proc/<qemu>/root/...` reaches it).
  */
-function tlsDirs(vm: { stateSnapshot: { runDir: string } }, leaf: string): { tlsQemuDir: string; tlsQemuView: string } {
+function tlsDirs(vm: Pick<VmController, 'stateSnapshot' | 'agentPath'>, leaf: string): { tlsQemuDir: string; tlsQemuView: string } {
   const view = path.join(vm.stateSnapshot.runDir, leaf);
-  const map = (vm as { agentPath?: (p: string) => string }).agentPath;
-  return { tlsQemuDir: map ? map.call(vm, view) : view, tlsQemuView: view };
+  return { tlsQemuDir: vm.agentPath(view), tlsQemuView: view };
 }
 
 function toProgress(p: DriverProgress): MigrationProgress {

@@ -300,7 +300,7 @@ describe('cluster migration: a target whose source never connects', () => {
     const runtime = {
       runAs: () => ({ uid: 107, gid: 107 }),
       runDirOf: () => path.join(dir, 'run'),
-      startIncoming: () => Promise.resolve({ qmp: new EventEmitter(), stateSnapshot: { runDir: path.join(dir, 'run') } }),
+      startIncoming: () => Promise.resolve({ qmp: new EventEmitter(), stateSnapshot: { runDir: path.join(dir, 'run') }, agentPath: (p: string) => p }),
       stop: (key: string) => {
         stopped.push(key);
         return Promise.resolve();
