@@ -164,7 +164,7 @@ describe('cluster migration with a node-local disk (two agents, two CSI drivers,
    * `kubectl podvirt migrate` makes the target pod and a fresh claim for the node-local disk; the
    * test plays scheduler (B), provisioner (a podvirt volume on B) and kubelet.
    */
-  async function migrateTo(name: string, sa: KubeletSandbox, n: number): Promise<{ publish: string; code: Promise<number>; err: () => string }> {
+  async function migrateTo(name: string, sa: KubeletSandbox, n: number): Promise<{ publish: string; code: Promise<number>; err: () => string; sb: KubeletSandbox; ip: string }> {
     const err = new PassThrough();
     let errText = '';
     err.on('data', (b: Buffer) => (errText += b.toString()));
@@ -179,7 +179,7 @@ describe('cluster migration with a node-local disk (two agents, two CSI drivers,
     const sb = await sandboxFor(name, publish);
     const ip = await link(sa, sb, n);
     markRunning(name, sb, ip);
-    return { publish, code, err: () => errText };
+    return { publish, code, err: () => errText, sb, ip };
   }
 
   before(async function () {
@@ -296,8 +296,13 @@ describe('cluster migration with a node-local disk (two agents, two CSI drivers,
     assert.equal(status('dvm').qemuPid, srcPid);
 
     // 3. For real: the guest writes while its disk is mirrored.
-    const { publish, code, err } = await migrateTo('dvm-t', sa, 3);
+    const { publish, code, err, sb, ip } = await migrateTo('dvm-t', sa, 3);
     await until('mirroring into dvm-t', () => migration('dvm').target === 'default/dvm-t' && migration('dvm').phase === 'MirroringDisks');
+    // The NBD server listens on the target pod's address (port + 1), in the pod's netns, and only speaks TLS.
+    assert.match((await exec('ip', ['netns', 'exec', sb.netnsName, 'ss', '-ltnH'])).stdout, new RegExp(`${ip.replace(/\./g, '\\.')}:49153\\b`));
+    const plain = await exec('ip', ['netns', 'exec', sa.netnsName, 'qemu-img', 'info', '--image-opts', `driver=nbd,host=${ip},port=49153,export=drive-data`], { allowFailure: true });
+    assert.notEqual(plain.code, 0);
+    assert.match(plain.stderr, /TLS/i, plain.stderr);
     const mark = (await serial()).length;
     await serialSend(console, 'dd if=/dev/urandom of=/dev/vda bs=1M seek=8 count=4 conv=fsync 2>/dev/null; dd if=/dev/vda bs=1M skip=8 count=4 2>/dev/null | md5sum | sed "s/^/SUM-DURING /"');
     const during = await until('checksum of the data written during the mirror', async () => /SUM-DURING ([0-9a-f]{32})/.exec((await serial()).slice(mark))?.[1], 60_000);
