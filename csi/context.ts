@@ -6,6 +6,7 @@ import { Host } from './host.js';
 import { KeyedLocks } from './locks.js';
 import { Pool } from './pool.js';
 import { VolumeDaemon } from './qsd.js';
+import type { QsdCgroup } from './qsd-cgroup.js';
 import { parseId, TOPOLOGY_KEY } from './ids.js';
 import { unreachableLayers, type StateStore, type VolumeRec } from './state.js';
 
@@ -15,6 +16,8 @@ export interface DriverOptions {
   logger: Logger;
   /** Open images with O_DIRECT inside the daemons (default false: buffered measured 1.5-2x faster for writes, see bench/csi.ts). */
   cacheDirect?: boolean;
+  /** The cgroup the volume daemons join so they outlive the driver's container (qsd-cgroup.ts); none = stay in ours. */
+  qsdCgroup?: QsdCgroup;
 }
 
 /** What the Identity, Controller and Node services share. */
@@ -57,7 +60,7 @@ export class DriverContext {
 
   daemonFor(volumeId: string): VolumeDaemon {
     const hex = parseId(volumeId)?.hex ?? volumeId;
-    return new VolumeDaemon(path.join(this.runRoot, hex), this.host, this.opts.cacheDirect ?? false);
+    return new VolumeDaemon(path.join(this.runRoot, hex), this.host, this.opts.cacheDirect ?? false, this.opts.qsdCgroup);
   }
 
   volume(id: string): VolumeRec {

@@ -22,7 +22,8 @@ export async function reconcile(ctx: DriverContext): Promise<void> {
       delete ctx.state.stages[st.volumeId];
       continue;
     }
-    const problem = await stageProblem(ctx, st);
+    // A daemon still running (the driver or its container restarted) is taken over, never started twice.
+    const problem = (await ctx.daemonFor(st.volumeId).adopt()) ?? (await stageProblem(ctx, st));
     if (problem === undefined) {
       await finishInterruptedSwitch(ctx, vol.id, vol.head);
       ctx.log.info({ volume: vol.id, loop: st.loopDevice }, 'staged volume adopted');

@@ -21,6 +21,7 @@ import { identityService } from './identity.js';
 import { validateNodeId } from './ids.js';
 import { nodeService } from './node.js';
 import { reconcile } from './reconcile.js';
+import { QsdCgroup } from './qsd-cgroup.js';
 import { StateStore } from './state.js';
 
 export interface CsiDriverOptions {
@@ -32,6 +33,14 @@ export interface CsiDriverOptions {
   logger?: Logger;
   /** qemu-storage-daemon opens images with O_DIRECT (default false: buffered was faster, bench/csi.ts). */
   cacheDirect?: boolean;
+  /**
+   * cgroup (a relative path such as `podvirt/qsd`) the volume daemons join, under every hierarchy
+   * mounted below `cgroupRoot`, so they outlive the driver's container; unset = they stay in the
+   * driver's cgroup (tests, local mode).
+   */
+  qsdCgroup?: string;
+  /** Where the host's cgroup hierarchies are mounted (default /sys/fs/cgroup). */
+  cgroupRoot?: string;
 }
 
 export interface CsiDriver {
@@ -71,7 +80,8 @@ export async function startCsiDriver(opts: CsiDriverOptions): Promise<CsiDriver>
   if (!opts.stateDir.startsWith('/')) throw new InvalidArgument(`state dir "${opts.stateDir}" must be absolute`);
   const log = opts.logger ?? silentLogger;
   const store = await StateStore.open(opts.stateDir);
-  const ctx = new DriverContext({ nodeId, stateDir: opts.stateDir, logger: log, cacheDirect: opts.cacheDirect ?? false }, store);
+  const qsdCgroup = opts.qsdCgroup ? new QsdCgroup(opts.qsdCgroup, opts.cgroupRoot ? { cgroupRoot: opts.cgroupRoot } : {}) : undefined;
+  const ctx = new DriverContext({ nodeId, stateDir: opts.stateDir, logger: log, cacheDirect: opts.cacheDirect ?? false, ...(qsdCgroup ? { qsdCgroup } : {}) }, store);
 
   const pkg = loadProto('csi/v1/csi.proto');
   const server = new grpc.Server();

@@ -18,6 +18,8 @@ import type { MigrationHandoff, VmRuntime } from './vm-runtime.js';
 
 export interface ComposeConfig {
   node: string;
+  /** cgroup the CSI volume daemons join (default podvirt/qsd; '' = the agent's own). */
+  qsdCgroup?: string;
   stateDir: string;
   runDir: string;
   cniBinDir: string;
@@ -109,6 +111,8 @@ export async function buildServers(c: ComposeConfig): Promise<Array<{ name: stri
           nodeId: c.node,
           stateDir: c.csiStateDir ?? path.join(c.stateDir, 'csi'),
           logger: c.log.child({ component: 'csi' }),
+          // Volume daemons leave the agent's container cgroup: a container restart must not take VM disks with it.
+          qsdCgroup: c.qsdCgroup ?? 'podvirt/qsd',
         });
       },
     });
