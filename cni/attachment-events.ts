@@ -47,13 +47,15 @@ export interface TapAttachment {
 
 export type AttachmentEvent =
   | { kind: 'add'; attachment: TapAttachment }
-  | { kind: 'del'; containerId: string; ifname: string; network: string };
+  | { kind: 'del'; containerId: string; ifname: string; network: string }
+  /** GC (CNI 1.1): the network's attachments other than `valid` are gone. */
+  | { kind: 'gc'; network: string; valid: Array<{ containerId: string; ifname: string }> };
 
 type Env = Record<string, string | undefined>;
 
 /**
- * The attachment event a handled request amounts to: a successful tap-mode ADD or any successful
- * DEL (DEL carries no mode worth trusting: a record, if any, goes). Undefined for everything else.
+ * The attachment event a handled request amounts to: a successful tap-mode ADD, any successful
+ * DEL (DEL carries no mode worth trusting: a record, if any, goes) or GC. Undefined for the rest.
  * `statNetns` is injectable for tests; by default the netns is stat()ed now, while it surely exists.
  */
 export function attachmentEventOf(
@@ -62,7 +64,13 @@ export function attachmentEventOf(
   statNetns: (p: string) => { ino: number; dev: number } | undefined = statId,
 ): AttachmentEvent | undefined {
   const verb = req.env.CNI_COMMAND;
-  if (res.exitCode !== 0 || (verb !== 'ADD' && verb !== 'DEL')) return undefined;
+  if (res.exitCode !== 0) return undefined;
+  if (verb === 'GC') {
+    const conf = parseNetConf(decodeConfig(req.stdin));
+    if (!conf.validAttachments) return undefined;
+    return { kind: 'gc', network: conf.name, valid: conf.validAttachments.map((a) => ({ containerId: a.containerID, ifname: a.ifname })) };
+  }
+  if (verb !== 'ADD' && verb !== 'DEL') return undefined;
   const containerId = req.env.CNI_CONTAINERID ?? '';
   const ifname = req.env.CNI_IFNAME ?? '';
   if (!containerId || !ifname) return undefined;
@@ -138,6 +146,10 @@ const fileOf = (dir: string, containerId: string, ifname: string): string =>
  * the namespaces either.
  */
 export function writeAttachmentEvent(dir: string, ev: AttachmentEvent): void {
+  if (ev.kind === 'gc') {
+    for (const a of readAttachments(dir)) if (gcRemoves(ev, a)) forgetAttachment(dir, a);
+    return;
+  }
   if (ev.kind === 'del') {
     try {
       unlinkSync(fileOf(dir, ev.containerId, ev.ifname));
@@ -172,6 +184,11 @@ export function readAttachments(dir: string): TapAttachment[] {
     }
   }
   return out;
+}
+
+/** Whether a GC event ends this attachment: same network, not among the valid ones. */
+export function gcRemoves(ev: Extract<AttachmentEvent, { kind: 'gc' }>, a: Pick<TapAttachment, 'network' | 'containerId' | 'ifname'>): boolean {
+  return a.network === ev.network && !ev.valid.some((v) => v.containerId === a.containerId && v.ifname === a.ifname);
 }
 
 /** Removes the record of an attachment (the agent prunes records whose netns is gone). */

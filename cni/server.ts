@@ -33,7 +33,7 @@ export interface CniServerOptions {
    */
   helperDir?: string | null;
   /**
-   * Each successful tap-mode ADD and each successful DEL, after its record is written and before
+   * Each successful tap-mode ADD, DEL and GC, after its record is written and before
    * the answer goes back (the node agent's guest DHCP joins these with its VMs). Must not throw.
    */
   onAttachment?: (ev: AttachmentEvent) => void;

@@ -21,7 +21,7 @@
  */
 import { statSync } from 'node:fs';
 import type { V1Pod } from '@kubernetes/client-node';
-import { forgetAttachment, readAttachments, type AttachmentEvent, type TapAttachment } from '../../cni/attachment-events.js';
+import { forgetAttachment, gcRemoves, readAttachments, type AttachmentEvent, type TapAttachment } from '../../cni/attachment-events.js';
 import { errorMessage } from '../../lib/errors.js';
 import type { Logger } from '../../lib/log.js';
 import type { StaticLease } from '../dhcp/lease.js';
@@ -208,10 +208,11 @@ export class GuestDhcp {
     }
   }
 
-  /** From the CNI server: a tap attachment made or any attachment deleted. */
+  /** From the CNI server: a tap attachment made, any attachment deleted, or a network's GC. */
   onAttachment(ev: AttachmentEvent): void {
     if (ev.kind === 'add') this.attachments.set(attKey(ev.attachment), ev.attachment);
-    else this.attachments.delete(attKey(ev));
+    else if (ev.kind === 'del') this.attachments.delete(attKey(ev));
+    else for (const [k, a] of this.attachments) if (gcRemoves(ev, a)) this.attachments.delete(k);
     this.sync();
   }
 

@@ -173,6 +173,24 @@ describe('kube guest DHCP: the join (pure)', () => {
     assert.deepEqual(g.leases(), []);
   });
 
+  it('GC (CNI 1.1) ends the network\'s attachments that are not valid any more, on disk and in the join', async () => {
+    const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'pvt-gdhcp-gc-'));
+    try {
+      for (const a of [attachment(), attachment({ containerId: 'c2' }), attachment({ containerId: 'c3', network: 'other-net' })]) writeAttachmentEvent(dir, { kind: 'add', attachment: a });
+      const g = new GuestDhcp({ attachmentDir: dir, log: silentLogger, statNetns: () => NS_ID });
+      const config = { cniVersion: '1.1.0', name: 'vm-net', type: 'podvirt', 'cni.dev/valid-attachments': [{ containerID: 'c2', ifname: 'net1' }] };
+      const ev = attachmentEventOf({ env: { CNI_COMMAND: 'GC', CNI_PATH: '/x' }, stdin: Buffer.from(JSON.stringify(config)) }, { exitCode: 0, stdout: '' });
+      assert.deepEqual(ev, { kind: 'gc', network: 'vm-net', valid: [{ containerId: 'c2', ifname: 'net1' }] });
+      writeAttachmentEvent(dir, ev);
+      g.onAttachment(ev);
+      const left = (xs: TapAttachment[]) => xs.map((a) => a.containerId).sort();
+      assert.deepEqual(left(readAttachments(dir)), ['c2', 'c3'], 'the valid one and another network\'s stay');
+      assert.deepEqual(left(g.knownAttachments()), ['c2', 'c3']);
+    } finally {
+      await fs.rm(dir, { recursive: true, force: true });
+    }
+  });
+
   it('GuestDhcp: a migration target on the same node takes the MAC over; the source going does not take it away', () => {
     const ids: Record<string, { ino: number; dev: number }> = { '/proc/1/ns/net': NS_ID, '/proc/2/ns/net': { ino: 4026533000, dev: 4 } };
     const g = new GuestDhcp({ attachmentDir: null, log: silentLogger, statNetns: (p) => ids[p] });
