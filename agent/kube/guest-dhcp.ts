@@ -185,12 +185,14 @@ export class GuestDhcp {
   }
 
   /**
-   * Reloads the recorded attachments (the bundle may have written some while no server ran).
+   * Reloads the recorded attachments: the directory is the truth (the CNI server writes a record
+   * before it reports the event; the bundle, running while no server listens, only writes).
    * With `prune`, records whose namespace is gone (or is another one now) are deleted: their DEL
    * may never come, and an inode can be reused.
    */
   rescan(prune = false): void {
     if (!this.o.attachmentDir) return;
+    this.attachments.clear();
     for (const a of readAttachments(this.o.attachmentDir)) {
       if (prune) {
         const now = a.netns ? this.stat(a.netns) : undefined;
@@ -200,7 +202,6 @@ export class GuestDhcp {
           } catch {
             /* left for the next start */
           }
-          this.attachments.delete(attKey(a));
           continue;
         }
       }
