@@ -24,6 +24,7 @@ import { FailedPrecondition, errorMessage } from '../../lib/errors.js';
 import type { Logger } from '../../lib/log.js';
 import { parseCpuList } from '../../lib/sysfs.js';
 import { probeKvm } from '../launch/accel.js';
+import { hostCgroupNsPrefix } from '../launch/launcher.js';
 import { planVm, qemuMachineAliases, readNumaFacts, type PodFacts, type VolumeSource } from '../plan/index.js';
 import { podVmInput } from '../spec/index.js';
 import { VmController } from '../vm/index.js';
@@ -119,6 +120,12 @@ export class VmCoreRuntime implements VmRuntime {
     return this.vms.get(t.key)!.vm;
   }
 
+  private async cgroupNsPrefix(): Promise<string[]> {
+    const link = (p: string) => fs.readlink(p).catch(() => undefined);
+    const host = path.join(this.procRoot, '1', 'ns', 'cgroup');
+    return hostCgroupNsPrefix(await link(path.join(this.procRoot, 'self', 'ns', 'cgroup')), await link(host), host);
+  }
+
   /** The uid/gid QEMU runs as in this pod. */
   runAs(pod: V1Pod): { uid: number; gid: number } {
     const uid = pod.spec?.securityContext?.runAsUser ?? this.o.defaultUid ?? 107;
@@ -184,7 +191,7 @@ export class VmCoreRuntime implements VmRuntime {
       this.controllerOpts(t),
       plan,
       { cgroupDirs: t.sandbox.cgroup.procs, uid: runAs, gid: runGroup },
-      { cont: !incoming, inPod: { targetPid: pid, logDir: dirs.run } },
+      { cont: !incoming, inPod: { targetPid: pid, logDir: dirs.run }, launcherPrefix: await this.cgroupNsPrefix() },
     );
     this.track(t.key, uid, vm);
     return this.reportOf(vm, t);

@@ -1,5 +1,5 @@
 import { strict as assert } from 'node:assert';
-import { LAUNCH_SCRIPT, inPodLauncher, launcherCommand } from './launcher.js';
+import { LAUNCH_SCRIPT, hostCgroupNsPrefix, inPodLauncher, launcherCommand } from './launcher.js';
 
 const qemu = ['qemu-system-x86_64', '-name', 'guest=vm1'];
 const priv = ['setpriv', '--reuid=107', '--regid=107', '--clear-groups', '--inh-caps=-all', '--bounding-set=-all', '--no-new-privs', '--'];
@@ -35,5 +35,11 @@ describe('agent-core: launcher argv', () => {
       ...qemu,
     ]);
     assert.throws(() => inPodLauncher(qemu, 1, { cgroupDirs: [], uid: 107, gid: 107 }), /bad target pid/);
+  });
+
+  it('an agent in a cgroup namespace of its own moves QEMU from the host\'s', () => {
+    assert.deepEqual(hostCgroupNsPrefix('cgroup:[2]', 'cgroup:[1]', '/proc/1/ns/cgroup'), ['nsenter', '--cgroup=/proc/1/ns/cgroup', '--']);
+    assert.deepEqual(hostCgroupNsPrefix('cgroup:[1]', 'cgroup:[1]', '/proc/1/ns/cgroup'), []);
+    assert.deepEqual(hostCgroupNsPrefix(undefined, 'cgroup:[1]', '/proc/1/ns/cgroup'), [], 'unknown: stay');
   });
 });

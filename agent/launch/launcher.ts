@@ -46,6 +46,16 @@ export function launcherCommand(qemuArgv: readonly string[], sb: LaunchSandbox):
 }
 
 /**
+ * Prefix that runs the launcher in the host's cgroup namespace when the agent has one of its own
+ * (a container on cgroup v2): a process may only move others between groups its namespace
+ * contains, and the pod's groups lie outside the agent container's. Pure: the caller reads the
+ * two `ns/cgroup` links (its own and pid 1's, the host's init with hostPID).
+ */
+export function hostCgroupNsPrefix(selfNs: string | undefined, hostNs: string | undefined, hostNsPath: string): string[] {
+  return selfNs && hostNs && selfNs !== hostNs ? ['nsenter', `--cgroup=${hostNsPath}`, '--'] : [];
+}
+
+/**
  * The in-cluster variant: enter every namespace of a process already in the pod (its pause or
  * compute container's first process): network, IPC, UTS, mount, pid and cgroup, so every path in
  * QEMU's argv (volume devices at their devicePath, files on volume mounts, its run dir) resolves

@@ -85,6 +85,8 @@ export interface StartOptions {
    * `/proc/<pid>/root`; `logDir` is a host dir for `qemu.log` (default: the run dir in the pod).
    */
   inPod?: { targetPid: number; logDir?: string };
+  /** Argv prepended to the launcher (e.g. `hostCgroupNsPrefix`). */
+  launcherPrefix?: string[];
 }
 
 /** A disk to hotplug: its backing file or block device, as QEMU sees it. */
@@ -143,9 +145,12 @@ export class VmController extends EventEmitter {
     const runDir = host(path.dirname(plan.paths.qmpSocket));
     const podFiles = [plan.paths.qmpSocket, plan.paths.pidFile, ...(plan.paths.serialSocket ? [plan.paths.serialSocket] : [])];
     const mntNs = so.inPod ? await fs.readlink(path.join(procRoot, String(so.inPod.targetPid), 'ns', 'mnt')) : '';
-    const launcher = so.inPod
-      ? inPodLauncher(plan.argv, so.inPod.targetPid, { cgroupDirs: sandbox.cgroupDirs, uid: sandbox.uid, gid: sandbox.gid })
-      : (so.launcherArgv ?? launcherCommand(plan.argv, sandbox));
+    const launcher = [
+      ...(so.launcherPrefix ?? []),
+      ...(so.inPod
+        ? inPodLauncher(plan.argv, so.inPod.targetPid, { cgroupDirs: sandbox.cgroupDirs, uid: sandbox.uid, gid: sandbox.gid })
+        : (so.launcherArgv ?? launcherCommand(plan.argv, sandbox))),
+    ];
     const spawned = await spawnQemu({
       qemuArgv: plan.argv,
       sandbox,
