@@ -59,4 +59,20 @@ describe('dhcp: packets and static-lease answers', () => {
       }
     });
   }
+
+  it('routes, domain and search list: option 121 (with the default route, which clients then take from it), 15, 119', () => {
+    const withRoutes: StaticLease = { ...lease, routes: [{ dst: '10.0.0.0/8', gw: '10.88.0.254' }, { dst: '192.168.7.0/24', gw: '0.0.0.0' }], domain: 'vms.example', search: ['svc.cluster.local', 'example.'] };
+    const r = answer(request(packet.DISCOVER), withRoutes, '10.88.0.1')!;
+    assert.deepEqual([...r.packet.options.get(packet.OPT.classlessRoutes)!], [8, 10, 10, 88, 0, 254, 24, 192, 168, 7, 0, 0, 0, 0, 0, 10, 88, 0, 1]);
+    assert.equal(r.packet.options.get(packet.OPT.domainName)!.toString(), 'vms.example');
+    assert.equal(r.packet.options.get(packet.OPT.domainSearch)!.toString('latin1'), '\x03svc\x07cluster\x05local\x00\x07example\x00');
+    assert.ok(r.packet.options.get(packet.OPT.router), 'option 3 still sent for clients without 121');
+    // Survives the wire (and a route list longer than one option).
+    const many: StaticLease = { ...lease, routes: Array.from({ length: 60 }, (_, i) => ({ dst: `10.${i}.0.0/16`, gw: '10.88.0.254' })) };
+    const b = packet.encodeDhcp(answer(request(packet.DISCOVER), many, '10.88.0.1')!.packet);
+    assert.equal(packet.decodeDhcp(b)!.options.get(packet.OPT.classlessRoutes)!.length, 60 * 7 + 5);
+    assert.equal(answer(request(packet.DISCOVER), lease, '10.88.0.1')!.packet.options.has(packet.OPT.classlessRoutes), false, 'no 121 without extra routes');
+    assert.throws(() => packet.encodeClasslessRoutes([{ dst: '10.0.0.0/33', gw: '0.0.0.0' }]), /prefix/);
+    assert.throws(() => packet.encodeDomainSearch(['a..b']), /domain/);
+  });
 });

@@ -10,6 +10,15 @@ export interface StaticLease {
   dns?: string[];
   hostname?: string;
   mtu?: number;
+  /**
+   * Routes besides the default one (`dst` as CIDR, `gw` 0.0.0.0 = on-link). Sent as classless
+   * static routes (option 121), which clients prefer to the router option, so the default route
+   * through `gateway` is sent there too.
+   */
+  routes?: Array<{ dst: string; gw: string }>;
+  /** DNS domain (option 15) and search list (option 119). */
+  domain?: string;
+  search?: string[];
   /** Host bridge the VM's tap is on: replies leave through it. */
   bridge: string;
   /** Who owns the lease (the pod), for removal. */
@@ -55,6 +64,12 @@ export function answer(req: DhcpPacket, lease: StaticLease | undefined, serverId
     if (lease.gateway) options.set(packet.OPT.router, packet.ipToBuf(lease.gateway));
     if (lease.dns?.length) options.set(packet.OPT.dns, Buffer.concat(lease.dns.map(packet.ipToBuf)));
     if (lease.hostname) options.set(packet.OPT.hostname, Buffer.from(lease.hostname));
+    if (lease.domain) options.set(packet.OPT.domainName, Buffer.from(lease.domain));
+    if (lease.search?.length) options.set(packet.OPT.domainSearch, packet.encodeDomainSearch(lease.search));
+    if (lease.routes?.length) {
+      const all = lease.gateway ? [...lease.routes, { dst: '0.0.0.0/0', gw: lease.gateway }] : lease.routes;
+      options.set(packet.OPT.classlessRoutes, packet.encodeClasslessRoutes(all));
+    }
     if (lease.mtu) {
       const b = Buffer.alloc(2);
       b.writeUInt16BE(lease.mtu);

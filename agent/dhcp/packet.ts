@@ -15,6 +15,7 @@ export const OPT = {
   router: 3,
   dns: 6,
   hostname: 12,
+  domainName: 15,
   mtu: 26,
   requestedIp: 50,
   leaseTime: 51,
@@ -22,6 +23,8 @@ export const OPT = {
   serverId: 54,
   renewalTime: 58,
   rebindingTime: 59,
+  domainSearch: 119,
+  classlessRoutes: 121,
   end: 255,
   pad: 0,
 } as const;
@@ -136,4 +139,32 @@ export function u32(n: number): Buffer {
   const b = Buffer.alloc(4);
   b.writeUInt32BE(n >>> 0);
   return b;
+}
+
+/**
+ * Classless static routes (option 121, RFC 3442): per route the prefix length, the significant
+ * octets of the destination, then the router (0.0.0.0 = on-link).
+ */
+export function encodeClasslessRoutes(routes: ReadonlyArray<{ dst: string; gw: string }>): Buffer {
+  const parts: Buffer[] = [];
+  for (const r of routes) {
+    const [net, len] = r.dst.split('/') as [string, string | undefined];
+    const prefix = Number(len ?? 32);
+    if (!Number.isInteger(prefix) || prefix < 0 || prefix > 32) throw new InvalidArgument(`not an IPv4 prefix: "${r.dst}"`);
+    parts.push(Buffer.from([prefix]), ipToBuf(net).subarray(0, Math.ceil(prefix / 8)), ipToBuf(r.gw));
+  }
+  return Buffer.concat(parts);
+}
+
+/** Domain search list (option 119, RFC 3397): names in DNS wire format, uncompressed. */
+export function encodeDomainSearch(names: readonly string[]): Buffer {
+  const parts: Buffer[] = [];
+  for (const n of names) {
+    for (const label of n.replace(/\.$/, '').split('.')) {
+      if (!label || label.length > 63) throw new InvalidArgument(`not a domain name: "${n}"`);
+      parts.push(Buffer.from([label.length]), Buffer.from(label, 'ascii'));
+    }
+    parts.push(Buffer.from([0]));
+  }
+  return Buffer.concat(parts);
 }

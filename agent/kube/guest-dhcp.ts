@@ -52,14 +52,38 @@ export interface LeasePlan {
   missing: string[];
 }
 
-/** The guest's IPv4 address, prefix, router and DNS servers from an attachment's IPAM result (pure). */
-export function ipv4Of(a: TapAttachment): { ip: string; prefixLength: number; gateway?: string; dns?: string[] } | undefined {
-  const v4 = a.ips.find((i) => /^\d+\.\d+\.\d+\.\d+\/\d+$/.test(i.address));
+const V4 = /^\d+\.\d+\.\d+\.\d+$/;
+const V4_CIDR = /^\d+\.\d+\.\d+\.\d+\/\d+$/;
+const DOMAIN = /^(?=.{1,253}\.?$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$/;
+
+type LeaseNet = Pick<StaticLease, 'ip' | 'prefixLength' | 'gateway' | 'dns' | 'routes' | 'domain' | 'search'>;
+
+/**
+ * What DHCP can tell the guest of an attachment's IPAM result (pure): the first IPv4 address and
+ * prefix, the router (the address's gateway, else the default route's), IPv4 DNS servers, domain
+ * and search list, and the other IPv4 routes (a route without `gw` goes through the gateway, as
+ * CNI has it, or on-link when there is none).
+ */
+export function ipv4Of(a: TapAttachment): LeaseNet | undefined {
+  const v4 = a.ips.find((i) => V4_CIDR.test(i.address));
   if (!v4) return undefined;
   const [ip, prefix] = v4.address.split('/') as [string, string];
   const gateway = v4.gateway ?? a.routes.find((r) => r.dst === '0.0.0.0/0' && r.gw)?.gw;
-  const dns = (a.dns?.nameservers ?? []).filter((s) => /^\d+\.\d+\.\d+\.\d+$/.test(s));
-  return { ip, prefixLength: Number(prefix), ...(gateway ? { gateway } : {}), ...(dns.length ? { dns } : {}) };
+  const dns = (a.dns?.nameservers ?? []).filter((s) => V4.test(s));
+  const routes = a.routes
+    .filter((r) => V4_CIDR.test(r.dst) && r.dst !== '0.0.0.0/0' && (r.gw === undefined || V4.test(r.gw)))
+    .map((r) => ({ dst: r.dst, gw: r.gw ?? gateway ?? '0.0.0.0' }));
+  const domain = a.dns?.domain && DOMAIN.test(a.dns.domain) ? a.dns.domain : undefined;
+  const search = (a.dns?.search ?? []).filter((d) => DOMAIN.test(d));
+  return {
+    ip,
+    prefixLength: Number(prefix),
+    ...(gateway ? { gateway } : {}),
+    ...(dns.length ? { dns } : {}),
+    ...(routes.length ? { routes } : {}),
+    ...(domain ? { domain } : {}),
+    ...(search.length ? { search } : {}),
+  };
 }
 
 function sameNetns(a: TapAttachment, id: NetnsId | undefined): boolean {

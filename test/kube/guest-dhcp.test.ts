@@ -134,6 +134,19 @@ describe('kube guest DHCP: the join (pure)', () => {
     ]);
   });
 
+  it('IPAM routes besides the default one, DNS domain and search reach the lease; IPv6 and malformed ones do not', () => {
+    const [l] = planGuestLeases(vm(), [
+      attachment({
+        routes: [{ dst: '0.0.0.0/0' }, { dst: '10.96.0.0/12' }, { dst: '192.168.7.0/24', gw: '10.88.0.254' }, { dst: 'fd00::/8' }],
+        dns: { nameservers: ['10.96.0.10'], domain: 'vms.example', search: ['svc.cluster.local', 'bad..name'] },
+      }),
+    ]).leases;
+    assert.deepEqual(
+      { routes: l?.routes, domain: l?.domain, search: l?.search },
+      { routes: [{ dst: '10.96.0.0/12', gw: '10.88.0.1' }, { dst: '192.168.7.0/24', gw: '10.88.0.254' }], domain: 'vms.example', search: ['svc.cluster.local'] },
+    );
+  });
+
   const cases: Array<{ name: string; vm?: Partial<GuestVm>; att?: Partial<TapAttachment>; want: string | RegExp }> = [
     { name: 'another namespace (inode) → none', att: { netnsId: { ino: 1, dev: 4 } }, want: /no CNI attachment net1/ },
     { name: 'same inode, another pod (a reused inode) → none', att: { pod: { namespace: 'default', name: 'vm', uid: 'old-uid' } }, want: /no CNI attachment/ },
