@@ -9,7 +9,7 @@
  * Everything here works on the request and the printed result, so the verbs' code stays unaware
  * of it and the wire protocol is unchanged.
  */
-import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, statSync, unlinkSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readdirSync, readFileSync, renameSync, statSync, unlinkSync, writeFileSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import * as path from 'node:path';
 import { parseCniArgs } from './cni-args.js';
@@ -197,12 +197,11 @@ export function forgetAttachment(dir: string, a: Pick<TapAttachment, 'containerI
 }
 
 /**
- * The bundle's part: record the outcome beside the socket the shim tried, but only on a node where
- * that directory exists (an agent made it); a plugin run elsewhere leaves no trace.
+ * The bundle's part: record the outcome beside the socket the shim tried, creating the directory
+ * if needed. After a reboot the kubelet may set up VM pods before the agent runs again; the
+ * agent finds their attachments here when it starts.
  */
 export function recordStandaloneOutcome(req: { env: Env; stdin: Buffer }, res: { exitCode: number; stdout: string }): void {
-  const socketDir = path.dirname(socketForRequest(req.env, req.stdin));
-  if (!existsSync(socketDir)) return;
   const ev = attachmentEventOf(req, res);
-  if (ev) writeAttachmentEvent(path.join(socketDir, ATTACHMENT_DIR_NAME), ev);
+  if (ev) writeAttachmentEvent(attachmentDirFor(socketForRequest(req.env, req.stdin)), ev);
 }

@@ -260,7 +260,7 @@ describe('kube guest DHCP: the join (pure)', () => {
       await fs.rm(dir, { recursive: true, force: true });
     });
 
-    it('the bundle records beside the socket it was pointed at; a new GuestDhcp joins it with an adopted VM; DEL removes the record', async () => {
+    it('the bundle records beside the socket it was pointed at (making the directory); a new GuestDhcp joins it with an adopted VM; DEL removes the record', async () => {
       // A plain file stands in for the netns: the join only compares inode and device.
       const nsFile = path.join(dir, 'netns');
       await fs.writeFile(nsFile, '');
@@ -279,10 +279,14 @@ describe('kube guest DHCP: the join (pure)', () => {
 
       recordStandaloneOutcome({ env: { ...env, CNI_COMMAND: 'DEL' }, stdin: Buffer.from(JSON.stringify(config)) }, { exitCode: 0, stdout: '' });
       assert.deepEqual(readAttachments(adir), []);
-      // Without the socket's directory (no agent ever ran there) nothing is written.
-      const elsewhere = { ...config, agentSocket: path.join(dir, 'missing', 'cni.sock') };
-      recordStandaloneOutcome({ env, stdin: Buffer.from(JSON.stringify(elsewhere)) }, { exitCode: 0, stdout: JSON.stringify(result) });
-      assert.equal(existsSync(path.join(dir, 'missing')), false);
+      // After a reboot the bundle may run before any agent made the directory: it makes it.
+      const fresh = { ...config, agentSocket: path.join(dir, 'fresh', 'cni.sock') };
+      recordStandaloneOutcome({ env, stdin: Buffer.from(JSON.stringify(fresh)) }, { exitCode: 0, stdout: JSON.stringify(result) });
+      assert.equal(readAttachments(attachmentDirFor(fresh.agentSocket)).length, 1);
+      // No agentSocket in the config: $PODVIRT_CNI_SOCKET decides, as for the shim.
+      const viaEnv = path.join(dir, 'env', 'cni.sock');
+      recordStandaloneOutcome({ env: { ...env, PODVIRT_CNI_SOCKET: viaEnv }, stdin: Buffer.from(JSON.stringify({ ...config, agentSocket: undefined })) }, { exitCode: 0, stdout: JSON.stringify(result) });
+      assert.equal(readAttachments(attachmentDirFor(viaEnv)).length, 1);
     });
 
     it('a starting agent prunes records whose namespace is gone, and picks up records written while it ran', () => {
