@@ -157,6 +157,10 @@ export class VmCoreRuntime implements VmRuntime {
     }
     const environ = await fs.readFile(path.join(this.procRoot, String(pid), 'environ'), 'utf8').catch(() => '');
     const dirs = this.dirs(uid);
+    // The agent dials QEMU's sockets through /proc/<qemu pid>/root: that prefix counts against the
+    // 107-byte unix socket limit too (pid_max is at most 4194304).
+    const longest = path.join(this.procRoot, '4194304', 'root', dirs.pod, 'serial.sock');
+    if (Buffer.byteLength(longest) > 107) throw new FailedPrecondition(`QEMU's run dir ${dirs.pod} is too long for the agent to reach its sockets (${longest}); use a shorter --run-dir`);
     // QEMU (the pod's uid) must traverse to its own run dir in the pod, which the VM core creates
     // and chowns. First, so that when the pod shares the node's filesystem (tests) the agent's
     // own dirs below do not make the shared parents private.

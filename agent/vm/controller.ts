@@ -59,7 +59,7 @@ export interface VmState {
    * sockets and pid file as it sees them, removed through the pod process's root at cleanup (the
    * serial log stays with the pod for a post-mortem).
    */
-  inPod?: { targetPid: number; mntNs: string; podPaths: string[] };
+  inPod?: { targetPid: number; mntNs: string; podPaths: string[]; /** QEMU's run dir as QEMU sees it. */ runDir: string };
 }
 
 export interface VmControllerOptions {
@@ -174,7 +174,7 @@ export class VmController extends EventEmitter {
       pins: plan.pins,
       argv: plan.argv,
       startedAt: new Date().toISOString(),
-      ...(so.inPod ? { inPod: { targetPid: so.inPod.targetPid, mntNs, podPaths: podFiles } } : {}),
+      ...(so.inPod ? { inPod: { targetPid: so.inPod.targetPid, mntNs, podPaths: podFiles, runDir: path.dirname(plan.paths.qmpSocket) } } : {}),
     };
     const vm = new VmController(opts, state);
     let exitedEarly: string | undefined;
