@@ -8,11 +8,16 @@
  *   2. downtime: QEMU's figure on the source, and source STOP → target RESUME from event timestamps.
  *   3. a guest rewriting 48 MiB of memory: default config, and over a 6 MiB/s link it cannot keep up with.
  *
- *   4. `podvirt migrate` end to end in local mode (1 GiB guest, NIC; the CLI's wall time: target
- *      pod with sandbox, CNI tap and migration network, QEMU start, migration, source pod removal)
- *      against a bare QEMU doing the same job by hand (target QEMU spawned, then migrated).
+ *   4. `podvirt migrate` end to end in local mode (1 GiB guest, NIC; the wall time of the built CLI:
+ *      target pod with sandbox, CNI tap and migration network, QEMU start, migration, source pod
+ *      removal) against the same job by hand: spawn the target QEMU with -incoming, migrate with the
+ *      same capabilities and parameters, until the guest runs there; A unpinned, B placed like the
+ *      pods (every thread of each QEMU on one CPU of its own), each also with the source quit.
+ *      The agent's record of each migration (`steps`) gives where the time goes, printed as a
+ *      second table.
  *
- *   npx tsx bench/migration.ts [rounds=3]
+ *   npx tsx bench/migration.ts [rounds=3] [--only=idle,dirty,local] [--src]
+ *   (--src drives the CLI and agent from sources through tsx instead of a fresh dist/ build)
  */
 import { promises as fs } from 'node:fs';
 import { execFile as execFileCb, execFileSync } from 'node:child_process';

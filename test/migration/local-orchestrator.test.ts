@@ -158,9 +158,28 @@ describe('local migration orchestrator (bare-QEMU host, real CNI plugin)', funct
         /* finished */
       }
     }, 20);
+    // A client following by long poll sees every change in order and the end as soon as it is there.
+    const revs: number[] = [];
+    const follow = (async () => {
+      let rev = rec.rev ?? -1;
+      for (;;) {
+        const r = await m.watch('vm1', rev, 10_000);
+        if (r.result) return r;
+        assert.ok((r.rev ?? 0) > rev, `watch answered without a change (rev ${r.rev} after ${rev})`);
+        rev = r.rev!;
+        revs.push(rev);
+      }
+    })();
     const done = await m.wait('vm1');
     clearInterval(poll);
+    assert.equal((await follow).result?.outcome, done.result?.outcome);
+    assert.ok(revs.length > 0);
     assert.equal(done.result?.outcome, 'completed', done.result?.reason);
+    // Where the time went: each step once, in the order they happen.
+    const steps = (done.steps ?? []).map((x) => x.step);
+    const order = ['source facts read', 'token written', 'target pod running', 'target side listening', 'source: MigrationStarted', 'source side done', 'source pod removed'];
+    assert.deepEqual(order.map((x) => steps.indexOf(x)), [...order.map((x) => steps.indexOf(x))].sort((a, b) => a - b), steps.join(', '));
+    assert.ok(order.every((x) => steps.includes(x)), steps.join(', '));
     assert.ok(done.target && host.pods.has(done.target), 'target pod runs');
     assert.ok(!host.pods.has('vm1'), 'source pod removed');
     assert.ok(seen.includes('MirroringDisks') || seen.includes('PreCopy'), seen.join());
