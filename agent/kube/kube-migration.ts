@@ -19,7 +19,8 @@ import * as path from 'node:path';
 import type { V1Pod } from '@kubernetes/client-node';
 import { Aborted, FailedPrecondition, errorMessage } from '../../lib/errors.js';
 import type { Logger } from '../../lib/log.js';
-import { DEFAULT_MIGRATION_CONFIG, type MigrationConfig } from '../migration/config.js';
+import { DEFAULT_MIGRATION_CONFIG, resolveMigrationConfig, type MigrationConfig } from '../migration/config.js';
+import { podVmInput } from '../spec/index.js';
 import { ControlClient, newMigrationToken } from '../migration/control.js';
 import type { MirroredDisk } from '../migration/plan.js';
 import { postCopySupported } from '../migration/postcopy-support.js';
@@ -202,7 +203,10 @@ export class KubeMigration implements MigrationHandoff {
     }
     let disks: MirroredDisk[];
     let uffd: boolean;
+    let config: MigrationConfig;
     try {
+      // The VM spec's `migration:` block tunes its own migrations over the agent's defaults.
+      config = resolveMigrationConfig([{ where: 'spec.migration', value: pod ? podVmInput(pod).spec.migration : undefined }], this.config);
       disks = await this.mirroredDisks(pod, vm.qmp);
       uffd = await postCopySupported({ qemuUid: vm.stateSnapshot.sandbox.uid, ...(this.o.userfaultfdSysctl ? { sysctlPath: this.o.userfaultfdSysctl } : {}) });
     } catch (e) {
@@ -214,7 +218,7 @@ export class KubeMigration implements MigrationHandoff {
       token: req.token,
       control: req.control,
       qmp: vm.qmp,
-      config: this.config,
+      config,
       memoryBytes: vm.topology.memoryBytes,
       disks,
       postCopySupported: uffd,

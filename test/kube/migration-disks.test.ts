@@ -95,7 +95,8 @@ describe('cluster migration with a node-local disk (two agents, two CSI drivers,
   const attached: Array<{ node: Node; att: VolumeAttachmentRecord }> = [];
   const provisioned: Array<{ node: Node; rec: ClaimRecord }> = [];
 
-  const spec = `cpus: 1\nmemory: 128Mi\naccel: tcg\nkernel: ${guest}/vmlinuz\ninitrd: ${guest}/initramfs.cpio.gz\ncmdline: console=ttyS0 podvirt.nodhcp=1\ndisks:\n  - name: data\n    volume: data\n`;
+  // The VM's own tuning: a 4 MiB/s cap makes the 32 MiB mirror take long enough to write during it.
+  const spec = `cpus: 1\nmemory: 128Mi\naccel: tcg\nkernel: ${guest}/vmlinuz\ninitrd: ${guest}/initramfs.cpio.gz\ncmdline: console=ttyS0 podvirt.nodhcp=1\ndisks:\n  - name: data\n    volume: data\nmigration:\n  maxBandwidth: 4Mi\n`;
 
   const pod = (name: string) => api.getObject('pods', 'default', name) as V1Pod | undefined;
   const ann = (name: string, key: string) => pod(name)?.metadata?.annotations?.[key];
@@ -204,8 +205,7 @@ describe('cluster migration with a node-local disk (two agents, two CSI drivers,
         kc: api.kubeConfig(),
         node,
         runtime,
-        // A 4 MiB/s cap makes the 32 MiB mirror take long enough to write during it.
-        migration: new KubeMigration({ runtime, controlAddress: '127.0.0.1', config: { ...DEFAULT_MIGRATION_CONFIG, tls: true, maxBandwidth: 4 * MiB }, volumes: kubeVolumeLookup(api.kubeConfig()), log, timeoutMs: 120_000 }),
+        migration: new KubeMigration({ runtime, controlAddress: '127.0.0.1', config: { ...DEFAULT_MIGRATION_CONFIG, tls: true }, volumes: kubeVolumeLookup(api.kubeConfig()), log, timeoutMs: 120_000 }),
         namespace: AGENT_NS,
         log: log.child({ node: k }),
         version: 'test',
@@ -265,7 +265,8 @@ describe('cluster migration with a node-local disk (two agents, two CSI drivers,
     assert.equal(sec.metadata.labels['migration.podvirt.io/id'], request.migrationId);
     assert.equal(sec.metadata.labels['migration.podvirt.io/target-node'], nodes.b);
     assert.match(Buffer.from(sec.data.token, 'base64').toString(), /^[0-9a-f]{64}$/);
-    await until('mirror copying', async () => ((await runtimes.a.query('default/dvm', 'query-block-jobs')) as Array<{ offset: number }>).some((j) => j.offset > 0));
+    const job = await until('mirror copying', async () => ((await runtimes.a.query('default/dvm', 'query-block-jobs')) as Array<{ offset: number; speed: number }>).find((j) => j.offset > 0));
+    assert.equal(job.speed, 4 * MiB, "the VM spec's migration.maxBandwidth applies in a cluster");
     const doomed = (await runtimes.b.report('default/dvm-f'))!.qemuPid;
     process.kill(doomed, 'SIGKILL');
     await until('target reports the failure', () => migration('dvm-f').phase === 'failed' && cond('dvm-f')?.reason === 'MigrationFailed');
