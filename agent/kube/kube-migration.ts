@@ -88,13 +88,20 @@ function tlsDirs(vm: Pick<VmController, 'stateSnapshot' | 'agentPath'>, leaf: st
   return { tlsQemuDir: vm.agentPath(view), tlsQemuView: view };
 }
 
-function toProgress(p: DriverProgress): MigrationProgress {
-  const pct = p.bytesTotal > 0 ? Math.min(100, Math.round((100 * (p.bytesTotal - p.bytesRemaining)) / p.bytesTotal)) : undefined;
+/** The driver's progress as the pods show it (pure): while disks are mirrored, the percentage is theirs, as in local mode. */
+export function toProgress(p: DriverProgress): MigrationProgress {
+  const mirroring = p.phase === 'MirroringDisks' && p.disks && p.disks.bytesTotal > 0;
+  const pct = mirroring
+    ? Math.min(100, Math.round((100 * p.disks!.bytesCopied) / p.disks!.bytesTotal))
+    : p.bytesTotal > 0
+      ? Math.min(100, Math.round((100 * (p.bytesTotal - p.bytesRemaining)) / p.bytesTotal))
+      : undefined;
   return {
     phase: p.phase,
     ...(pct !== undefined ? { percent: p.phase === 'Completed' ? 100 : pct } : {}),
     transferredBytes: p.bytesTransferred,
     remainingBytes: p.bytesRemaining,
+    ...(p.disks ? { diskCopiedBytes: p.disks.bytesCopied, diskTotalBytes: p.disks.bytesTotal } : {}),
     ...(p.downtimeMs !== undefined ? { downtimeMs: p.downtimeMs } : {}),
     ...(p.totalTimeMs !== undefined ? { totalTimeMs: p.totalTimeMs } : {}),
   };

@@ -69,6 +69,9 @@ export interface MigrationProgress {
   remainingBytes?: number;
   downtimeMs?: number;
   totalTimeMs?: number;
+  /** Node-local disks mirrored so far, and their total size. */
+  diskCopiedBytes?: number;
+  diskTotalBytes?: number;
 }
 
 /** What the target side asks of the source side. */

@@ -12,7 +12,7 @@ import type { V1PersistentVolume, V1PersistentVolumeClaim, V1Pod } from '@kubern
 import { CoreV1Api } from '@kubernetes/client-node';
 import { EventEmitter } from 'node:events';
 import { EventRecorder } from '../../agent/kube/event-recorder.js';
-import { KubeMigration } from '../../agent/kube/kube-migration.js';
+import { KubeMigration, toProgress } from '../../agent/kube/kube-migration.js';
 import type { VmCoreRuntime } from '../../agent/kube/vm-core-runtime.js';
 import { kubectlMain } from '../../agent/kube/kubectl/main.js';
 import { claimOf, nodeLocalDisks, nodeLocalVolumes, type VolumeLookup } from '../../agent/kube/local-volumes.js';
@@ -319,5 +319,17 @@ describe('cluster migration: a target whose source never connects', () => {
     } finally {
       await fs.rm(dir, { recursive: true, force: true });
     }
+  });
+});
+
+describe('cluster migration: progress on the pods', () => {
+  const base = { migrationId: 'm', qemuStatus: 'active', bytesTransferred: 0, bytesRemaining: 100, bytesTotal: 100, dirtyRateBytesPerSec: 0, mbps: 0, pass: 0, postCopy: false, elapsedMs: 0 };
+  it('the percentage follows the disks while they are mirrored, then the memory', () => {
+    assert.deepEqual(toProgress({ ...base, phase: 'MirroringDisks', disks: { bytesCopied: 25, bytesTotal: 200 } }), {
+      phase: 'MirroringDisks', percent: 13, transferredBytes: 0, remainingBytes: 100, diskCopiedBytes: 25, diskTotalBytes: 200,
+    });
+    assert.equal(toProgress({ ...base, phase: 'PreCopy', bytesTransferred: 60, bytesRemaining: 40, disks: { bytesCopied: 200, bytesTotal: 200 } }).percent, 60);
+    assert.equal(toProgress({ ...base, phase: 'Completed', bytesRemaining: 3 }).percent, 100);
+    assert.equal(toProgress({ ...base, phase: 'Preparing', bytesTotal: 0 }).percent, undefined);
   });
 });
