@@ -460,12 +460,14 @@ export class LocalAgent {
     const rec = await this.store.loadPod(name);
     if (!rt && !rec && !(await this.o.sandboxes.get(name))) throw new NotFound(`no pod ${name}`);
     const errors: string[] = [];
+    const t0 = performance.now();
     const step = async (what: string, fn: () => Promise<void>) => {
       try {
         await fn();
       } catch (e) {
         errors.push(`${what}: ${errorMessage(e)}`);
       }
+      this.o.log.debug({ pod: name, step: what, ms: Math.round(performance.now() - t0) }, 'stop step done');
     };
     if (rt) {
       await step('vm', () => this.o.vms.stop(name, opts.timeoutMs ?? 30_000));
@@ -477,12 +479,12 @@ export class LocalAgent {
       ]);
       this.o.devices.release(rt.devices);
     }
-    await step('sandbox', () => this.o.sandboxes.destroy(name));
     const deleted: string[] = [];
+    const manifestClaims = rt ? parseLocalManifest(rt.manifest).claims : [];
+    const doomed = Object.values(rec?.claims ?? {}).filter((c) => c.ephemeral || opts.deleteVolumes || manifestClaims.some((m) => m.name === c.name && m.ephemeral));
+    // Detached volumes and the sandbox do not depend on each other.
+    await Promise.all([step('sandbox', () => this.o.sandboxes.destroy(name)), ...doomed.map((c) => step(`delete volume ${c.name}`, () => this.o.volumes.delete(c)))]);
     if (rec) {
-      const manifestClaims = rt ? parseLocalManifest(rt.manifest).claims : [];
-      const doomed = Object.values(rec.claims).filter((c) => c.ephemeral || opts.deleteVolumes || manifestClaims.some((m) => m.name === c.name && m.ephemeral));
-      await Promise.all(doomed.map((c) => step(`delete volume ${c.name}`, () => this.o.volumes.delete(c))));
       for (const c of doomed) {
         delete rec.claims[c.name];
         deleted.push(c.name);
