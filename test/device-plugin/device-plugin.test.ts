@@ -96,6 +96,8 @@ describe('device-plugin: against a kubelet emulator over real unix sockets', fun
     host.addNode('net/tun');
     host.addStandardVfio();
     await start({ maxDevices: 2, pciHostDevices: [{ pciVendorSelector: '8086:1572', resourceName: NIC }] });
+    // Every resource registers and lists on its own stream: wait for each one the allocation uses.
+    await kubelet.waitForResource(KVM, (r) => r.healthy.length === 2, WAIT);
     await kubelet.waitForResource(TUN, (r) => r.healthy.length === 2, WAIT);
     await kubelet.waitForResource(NIC, (r) => r.healthy.length === 2, WAIT);
     const c = await kubelet.allocateContainer({ [KVM]: 1, [TUN]: 1, [NIC]: 1 });
