@@ -4,7 +4,7 @@
  * the plugin only checks presence and never opens them, and plain files work on any filesystem
  * (tmpfs mounted nodev, overlayfs) without CAP_MKNOD.
  */
-import { mkdtempSync, mkdirSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, mkdirSync, rmSync, symlinkSync, unlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 
@@ -97,7 +97,12 @@ export class FakeHost {
   /** Rebinds a PCI function to another driver (null = unbound). */
   setDriver(bdf: string, driver: string | null): void {
     const link = path.join(this.sys, 'devices/pci0000:00', bdf, 'driver');
-    rmSync(link, { force: true });
+    // unlink, not rmSync: Node 24.0 to 24.13.0 throw "Path is a directory" for a link to a directory.
+    try {
+      unlinkSync(link);
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
+    }
     if (driver) {
       mkdirSync(path.join(this.sys, 'bus/pci/drivers', driver), { recursive: true });
       symlinkSync(`../../../bus/pci/drivers/${driver}`, link);
