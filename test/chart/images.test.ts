@@ -11,9 +11,16 @@ import { render } from './render-chart.js';
 const dockerfile = (name: string): string => readFileSync(path.join(PROJECT_ROOT, 'hack', 'image', name), 'utf8');
 
 describe('hack/image: the images the chart and examples name', () => {
-  it('podvirt image: Node 22, `podvirt` on PATH as the chart invokes it, the CNI build output inside', () => {
+  it('podvirt image: a Node release hack/test.sh tests on, `podvirt` on PATH as the chart invokes it, the CNI build output inside', () => {
     const df = dockerfile('podvirt.Dockerfile');
-    assert.match(df, /^FROM node:22-bookworm-slim$/m);
+    // Both stages on the same exact Node, one of those hack/setup.d/30-node-matrix.sh installs
+    // for the compatibility runs, on the Debian release whose QEMU the tests run.
+    const matrix = readFileSync(path.join(PROJECT_ROOT, 'hack', 'setup.d', '30-node-matrix.sh'), 'utf8');
+    const tested = [...matrix.matchAll(/^ {2}"(\d+\.\d+\.\d+) sha512-/gm)].map((m) => m[1]);
+    const froms = [...df.matchAll(/^FROM node:(\S+)-bookworm-slim\b/gm)].map((m) => m[1]);
+    assert.equal(froms.length, 2, 'build and runtime stages');
+    assert.equal(new Set(froms).size, 1, 'one Node for both stages');
+    assert.ok(tested.includes(froms[0]), `node:${froms[0]} is not one of the tested releases ${tested.join(', ')}`);
     assert.match(df, /ln -s \/opt\/podvirt\/dist\/bin\/podvirt\.js \/usr\/local\/bin\/podvirt/);
     assert.match(df, /COPY --from=build \/src\/dist \.\/dist/, 'dist/cni is what the agent installs on the host');
     const ds = render({}).all.find((m) => m.kind === 'DaemonSet') as unknown as { spec: { template: { spec: { containers: { name: string; command?: string[] }[] } } } };
