@@ -4,6 +4,8 @@ import { parseResult, type CniDns, type CniResult } from './result.js';
 import { isSupportedVersion, SUPPORTED_VERSIONS } from './versions.js';
 
 export type Mode = 'tap' | 'migration';
+/** Where the IPAM plugin's reservations live: one store per node, or one for the cluster (cni/ipam-owner.ts). */
+export type IpamScope = 'node' | 'cluster';
 
 /** Rates in bits/s and bursts in bits, as the CNI `bandwidth` capability has them. */
 export interface Bandwidth {
@@ -39,6 +41,8 @@ export interface NetConf {
   args: { mac?: string; ips?: string[]; migrationTarget?: boolean; ipamKey?: string };
   /** Where keyed IPAM reservations are recorded (cni/ipam-owner.ts). */
   stateDir: string;
+  /** Config `ipamScope`; absent: decided by the IPAM type (cni/ipam-owner.ts ipamScopeOf). */
+  ipamScope?: IpamScope;
   prevResult: CniResult | undefined;
   validAttachments: Attachment[] | undefined;
   /** The config exactly as received, for delegation to IPAM. */
@@ -80,6 +84,7 @@ const TOP_KEYS = [
   'bandwidth',
   'agentSocket',
   'stateDir',
+  'ipamScope',
 ] as const;
 type TopKey = (typeof TOP_KEYS)[number];
 const CANON = new Map<string, TopKey>(TOP_KEYS.map((k) => [k.toLowerCase(), k]));
@@ -270,6 +275,8 @@ export function parseNetConf(raw: Obj): NetConf {
 
   const stateDir = optStr(o.stateDir, 'stateDir') ?? DEFAULT_STATE_DIR;
   if (!stateDir.startsWith('/')) throw invalid('stateDir must be an absolute path');
+  const ipamScope = optStr(o.ipamScope, 'ipamScope');
+  if (ipamScope !== undefined && ipamScope !== 'node' && ipamScope !== 'cluster') throw invalid(`ipamScope must be "node" or "cluster", not ${JSON.stringify(ipamScope)}`);
 
   const bandwidth = optBandwidth(o.bandwidth, 'bandwidth');
   if (bandwidth && mode !== 'migration') throw new CniError(CniCode.UnsupportedField, 'unsupported field "bandwidth": only mode "migration" has a bandwidth cap');
@@ -316,6 +323,7 @@ export function parseNetConf(raw: Obj): NetConf {
     runtimeConfig,
     args,
     stateDir,
+    ...(ipamScope ? { ipamScope } : {}),
     prevResult,
     validAttachments,
     raw,
