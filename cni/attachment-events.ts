@@ -13,7 +13,8 @@ import { mkdirSync, readdirSync, readFileSync, renameSync, statSync, unlinkSync,
 import { randomBytes } from 'node:crypto';
 import * as path from 'node:path';
 import { parseCniArgs } from './cni-args.js';
-import { decodeConfig, parseNetConf } from './netconf.js';
+import { ipamKeyOf, ipamScopeOf } from './ipam-owner.js';
+import { decodeConfig, parseNetConf, type IpamScope } from './netconf.js';
 import { parseResult, type CniDns, type CniIp, type CniRoute } from './result.js';
 
 export const ATTACHMENT_DIR_NAME = 'cni-attachments';
@@ -42,6 +43,14 @@ export interface TapAttachment {
   ips: CniIp[];
   routes: CniRoute[];
   dns: CniDns | undefined;
+  /**
+   * The IPAM owner key the address is held under, the plugin's state dir (where the key's record
+   * is: cni/ipam-owner.ts) and the IPAM's scope; absent without a key (and in older records). The
+   * agent marks the hold after a migration from these.
+   */
+  ipamKey?: string;
+  stateDir?: string;
+  ipamScope?: IpamScope;
   addedAt: string;
 }
 
@@ -85,6 +94,7 @@ export function attachmentEventOf(
   const podUid = args.get('K8S_POD_UID');
   const netns = req.env.CNI_NETNS ?? '';
   const fromArgs = args.get('MIGRATION_TARGET');
+  const ipamKey = ipamKeyOf(conf);
   return {
     kind: 'add',
     attachment: {
@@ -103,6 +113,7 @@ export function attachmentEventOf(
       ips: (result.ips ?? []).filter((i) => i.interface === undefined || i.interface === tap).map((i) => ({ address: i.address, ...(i.gateway ? { gateway: i.gateway } : {}) })),
       routes: result.routes ?? [],
       dns: result.dns && Object.keys(result.dns).length ? result.dns : undefined,
+      ...(ipamKey !== undefined ? { ipamKey, stateDir: conf.stateDir, ipamScope: ipamScopeOf(conf) } : {}),
       addedAt: new Date().toISOString(),
     },
   };
