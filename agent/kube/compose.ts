@@ -197,8 +197,16 @@ export async function buildMigration(c: ComposeConfig & { migrationAddress: stri
   }
   const { KubeMigration } = await import('./kube-migration.js');
   const { kubeVolumeLookup } = await import('./local-volumes.js');
-  // Claims and volumes tell node-local disks (mirrored) from shared ones.
-  const m = new KubeMigration({ runtime: core, controlAddress: c.migrationAddress, ...(c.kc ? { volumes: kubeVolumeLookup(c.kc) } : {}), log: c.log.child({ part: 'migration' }) });
+  const { attachmentDirFor } = await import('../../cni/attachment-events.js');
+  // Claims and volumes tell node-local disks (mirrored) from shared ones; the CNI attachment
+  // records name the pods' keyed IPAM holds, marked at the migration's outcome.
+  const m = new KubeMigration({
+    runtime: core,
+    controlAddress: c.migrationAddress,
+    ...(c.kc ? { volumes: kubeVolumeLookup(c.kc) } : {}),
+    attachmentDir: attachmentDirFor(cniSocketOf(c)),
+    log: c.log.child({ part: 'migration' }),
+  });
   // A VM migrated in gets its guest leases here like a started one.
   return runtime instanceof LeasingRuntime ? runtime.wrapMigration(m) : m;
 }

@@ -14,9 +14,19 @@
  * provisioned empty on the target node; the target QEMU exports them over NBD on its migration
  * address (TLS with the migration's credentials), and the source mirrors its disks into them
  * before RAM moves. Volumes of other drivers are taken as shared and left alone.
+ *
+ * The guest's IPAM reservation (cni/ipam-owner.ts): with a cluster-wide IPAM both nodes hold the
+ * VM's key, and only the node that ends up with the VM may release it. The agents mark the holds
+ * of the pods' attachments (found in the CNI attachment records): the target's hold is made
+ * provisional before its QEMU starts and promoted when the VM runs there; the source's is handed
+ * over when its side completed. A failed migration needs nothing more: the target's DEL releases
+ * nothing, the source keeps owning the reservation.
  */
+import { statSync } from 'node:fs';
 import * as path from 'node:path';
 import type { V1Pod } from '@kubernetes/client-node';
+import { readAttachments, type TapAttachment } from '../../cni/attachment-events.js';
+import { handOverHold, promoteHold, provisionalHold, type HoldChange, type HoldRef } from '../../cni/ipam-owner.js';
 import { Aborted, FailedPrecondition, errorMessage } from '../../lib/errors.js';
 import type { Logger } from '../../lib/log.js';
 import { DEFAULT_MIGRATION_CONFIG, resolveMigrationConfig, type MigrationConfig } from '../migration/config.js';
@@ -56,7 +66,51 @@ export interface KubeMigrationOptions {
   volumes?: VolumeLookup;
   /** `vm.unprivileged_userfaultfd` (tests point it elsewhere). */
   userfaultfdSysctl?: string;
+  /**
+   * Where the CNI plugin records attachments (cni/attachment-events.ts): the keyed IPAM holds
+   * of the pods are marked from them. Without it no hold is marked.
+   */
+  attachmentDir?: string;
+  /** The migration driver's halves (tests replace them). */
+  sides?: MigrationSides;
 }
+
+export interface MigrationSides {
+  source: (o: ConstructorParameters<typeof SourceSide>[0]) => Pick<SourceSide, 'run' | 'on'>;
+  target: (o: ConstructorParameters<typeof TargetSide>[0]) => TargetSide;
+}
+
+const realSides: MigrationSides = { source: (o) => new SourceSide(o), target: (o) => new TargetSide(o) };
+
+/**
+ * The keyed IPAM holds of a pod's tap attachments (pure): records of the pod (by `K8S_POD_*`)
+ * and, when both sides know it, of its network namespace; a record that matches neither way, or
+ * contradicts one, is someone else's.
+ */
+export function podIpamHolds(attachments: readonly TapAttachment[], pod: V1Pod, netnsId?: { ino: number; dev: number }): HoldRef[] {
+  const m = pod.metadata ?? {};
+  const out: HoldRef[] = [];
+  for (const a of attachments) {
+    if (!a.ipamKey || !a.stateDir) continue;
+    const byPod = a.pod ? a.pod.namespace === m.namespace && a.pod.name === m.name && (!a.pod.uid || !m.uid || a.pod.uid === m.uid) : undefined;
+    const byNetns = netnsId && a.netnsId ? a.netnsId.ino === netnsId.ino && a.netnsId.dev === netnsId.dev : undefined;
+    if (byPod === false || byNetns === false || (byPod === undefined && byNetns === undefined)) continue;
+    out.push({ stateDir: a.stateDir, network: a.network, key: a.ipamKey, ifname: a.ifname, containerId: a.containerId });
+  }
+  return out;
+}
+
+function netnsIdOf(p: string | undefined): { ino: number; dev: number } | undefined {
+  if (!p) return undefined;
+  try {
+    const s = statSync(p);
+    return { ino: s.ino, dev: s.dev };
+  } catch {
+    return undefined;
+  }
+}
+
+const HOLD_MARKS = { provisional: provisionalHold, promote: promoteHold, 'hand-over': handOverHold } as const;
 
 /** Where the target QEMU listens: the migration attachment's IP, else the pod IP (pure). */
 export function migrationAddressOf(pod: V1Pod): string {
@@ -109,13 +163,45 @@ export function toProgress(p: DriverProgress): MigrationProgress {
 
 export class KubeMigration implements MigrationHandoff {
   private readonly config: MigrationConfig;
+  private readonly sides: MigrationSides;
   constructor(private readonly o: KubeMigrationOptions) {
     this.config = o.config ?? DEFAULT_MIGRATION_CONFIG;
+    this.sides = o.sides ?? realSides;
+  }
+
+  /**
+   * Marks the keyed IPAM holds of `pod`'s attachments; throws the first failure after trying
+   * them all (the caller decides whether that matters).
+   */
+  private async markHolds(mark: keyof typeof HOLD_MARKS, pod: V1Pod | undefined, netns: string | undefined): Promise<Array<HoldRef & { change: HoldChange }>> {
+    if (!this.o.attachmentDir || !pod) return [];
+    const holds = podIpamHolds(readAttachments(this.o.attachmentDir), pod, netnsIdOf(netns));
+    const done: Array<HoldRef & { change: HoldChange }> = [];
+    let failure: unknown;
+    for (const h of holds) {
+      try {
+        const change = await HOLD_MARKS[mark](h, this.o.log);
+        done.push({ ...h, change });
+      } catch (e) {
+        failure ??= e;
+        this.o.log.error({ mark, hold: h, err: errorMessage(e) }, 'cannot mark an IPAM hold');
+      }
+    }
+    if (done.length) this.o.log.info({ mark, pod: `${pod.metadata?.namespace}/${pod.metadata?.name}`, holds: done.map((d) => `${d.network}/${d.key}@${d.ifname}: ${d.change}`) }, 'IPAM holds marked');
+    if (failure !== undefined) throw failure;
+    return done;
   }
 
   async migrateInto(target: VmTarget, source: string, ask: (r: MigrationRequest) => Promise<void>, progress: (p: MigrationProgress) => void, signal?: AbortSignal): Promise<VmReport> {
     if (signal?.aborted) throw new Aborted('migration cancelled: the target pod is going away');
     const address = migrationAddressOf(target.pod);
+    // Before anything can fail: a target whose ADD was not flagged as one owns its fresh hold of a
+    // cluster-wide reservation, and its DEL after a failure would free the source's address.
+    try {
+      await this.markHolds('provisional', target.pod, target.sandbox.netns);
+    } catch (e) {
+      throw new FailedPrecondition(`cannot make the target's IPAM hold provisional: ${errorMessage(e)}`, { cause: e });
+    }
     // Decided before QEMU starts: a volume nobody can classify fails the migration, not the VM.
     const localDisks = this.o.volumes ? nodeLocalDisks(target.pod, await nodeLocalVolumes(target.pod, this.o.volumes)) : [];
     const owner = this.o.runtime.runAs(target.pod);
@@ -124,7 +210,7 @@ export class KubeMigration implements MigrationHandoff {
     const migrationId = `${target.pod.metadata!.uid!.slice(0, 8)}${Date.now().toString(36)}`;
     const token = newMigrationToken();
     const runDir = this.o.runtime.runDirOf(target.pod);
-    const side = new TargetSide({
+    const side = this.sides.target({
       migrationId,
       token,
       qmp: vm.qmp,
@@ -166,6 +252,9 @@ export class KubeMigration implements MigrationHandoff {
       }
       const report = await this.o.runtime.report(target.key);
       if (!report) throw new FailedPrecondition('target VM vanished after the migration');
+      // The VM runs here: this node owns its address now. A hold left provisional only means its
+      // last DEL releases nothing (a leak, never a stolen address), so a failure here is logged.
+      await this.markHolds('promote', target.pod, target.sandbox.netns).catch(() => undefined);
       return { ...report, netns: target.sandbox.netns, cgroup: target.sandbox.cgroup.display };
     } catch (e) {
       this.o.log.warn({ pod: target.key, err: errorMessage(e) }, 'incoming migration failed; stopping the target VM');
@@ -220,7 +309,7 @@ export class KubeMigration implements MigrationHandoff {
       await this.refuse(req, errorMessage(e));
       throw e;
     }
-    const side = new SourceSide({
+    const side = this.sides.source({
       migrationId: req.migrationId,
       token: req.token,
       control: req.control,
@@ -236,6 +325,10 @@ export class KubeMigration implements MigrationHandoff {
     });
     side.on('progress', (p: DriverProgress) => progress(toProgress(p)));
     const r = await side.run();
+    if (r.outcome === 'completed') {
+      // Before the caller stops QEMU and reports: the pod's deletion (and its DEL) follows that.
+      await this.markHolds('hand-over', pod, vm.stateSnapshot.sandbox.netns).catch(() => undefined);
+    }
     return {
       outcome: r.outcome,
       ...(r.reason ? { reason: r.reason } : {}),
