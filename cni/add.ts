@@ -1,16 +1,17 @@
 import { checkNetns, isMigrationTarget, requestedMac } from './attachment.js';
 import { CniCode, CniError } from './cni-error.js';
 import type { CniContext } from './context.js';
-import { applyLines, applyOps, ensureBridge, readLinkAttr, runBatch, startBatch, undoLines, type PendingBatch } from './host.js';
+import { applyLines, applyOps, ensureBridge, ensureBridgeGateway, readLinkAttr, runBatch, startBatch, undoLines, type PendingBatch } from './host.js';
 import { acquireIpam, releaseIpam } from './ipam-owner.js';
 import type { NetConf } from './netconf.js';
-import { attachmentNames, planBandwidth, planMigrationAdd, planTapAdd, randomMac, stableMac, tempTapName } from './plan.js';
+import { attachmentNames, bridgeGatewayAddrs, planBandwidth, planMigrationAdd, planTapAdd, randomMac, stableMac, tempTapName } from './plan.js';
 import type { CniInterface, CniResult } from './result.js';
 
 /**
  * ADD. IPAM runs concurrently with the link work in tap mode (they are independent until the
  * result is assembled). Anything that fails rolls back what this call made: the devices in the
- * pod (the veth's host end goes with its peer) and the IPAM reservation. The shared bridge stays.
+ * pod (the veth's host end goes with its peer) and the IPAM reservation. The shared bridge stays,
+ * and so do addresses `isGateway` gave it (other attachments use them).
  */
 export async function cmdAdd(ctx: CniContext, conf: NetConf): Promise<CniResult> {
   checkNetns(ctx, true);
@@ -26,8 +27,14 @@ export async function cmdAdd(ctx: CniContext, conf: NetConf): Promise<CniResult>
   // Tap mode's tc batch needs the devices, but its process can start now (see startBatch).
   const podTc: PendingBatch | undefined = conf.mode === 'tap' ? startBatch(ctx.deps, ctx.netns, 'tc') : undefined;
   let undo: string[] = [];
+  let gateway: Promise<void> | undefined;
   try {
     await ensureBridge(ctx.deps, conf.bridge, stableMac(`podvirt-bridge:${conf.bridge}`), conf.mtu);
+    if (conf.isGateway) {
+      // Needs only the bridge and IPAM's answer: off the critical path of the pod's link work.
+      gateway = ipam.then((r) => ensureBridgeGateway(ctx.deps, conf.bridge, bridgeGatewayAddrs(r.result?.ips ?? [])));
+      gateway.catch(() => undefined); // awaited below
+    }
     const bridgeIndex = Number(readLinkAttr(ctx.deps, conf.bridge, 'ifindex'));
     if (!Number.isInteger(bridgeIndex) || bridgeIndex <= 0) throw new CniError(CniCode.Internal, `cannot read the ifindex of bridge ${conf.bridge}`);
     const veth = { netns: ctx.netns, mtu: conf.mtu, names, hostVethMac, hostNetns: ctx.deps.hostNetns, bridgeIndex };
@@ -64,6 +71,7 @@ export async function cmdAdd(ctx: CniContext, conf: NetConf): Promise<CniResult>
       await applyLines(ctx.deps, null, 'tc', tc.host);
       sandboxIfaces = [{ name: ctx.ifname, mac, ...withMtu, sandbox: ctx.netns }];
     }
+    await gateway;
     const result: CniResult = {
       cniVersion: conf.cniVersion,
       interfaces: [
@@ -82,6 +90,7 @@ export async function cmdAdd(ctx: CniContext, conf: NetConf): Promise<CniResult>
     );
     return result;
   } catch (e) {
+    await gateway?.catch(() => undefined);
     await podTc?.feed([]).catch(() => undefined);
     await runBatch(ctx.deps, ctx.netns, 'ip', undo, true).catch(() => undefined);
     // Only what this ADD reserved (or joined, with an IPAM key) is undone.

@@ -3,10 +3,10 @@ import * as path from 'node:path';
 import { checkNetns } from './attachment.js';
 import { CniCode, CniError } from './cni-error.js';
 import type { CniContext } from './context.js';
-import { inNetns, linkExists } from './host.js';
+import { inNetns, linkExists, readLinkAddrs } from './host.js';
 import { checkIpam } from './ipam-owner.js';
 import type { NetConf } from './netconf.js';
-import { attachmentNames } from './plan.js';
+import { attachmentNames, bridgeGatewayAddrs, missingBridgeAddrs } from './plan.js';
 
 /** Plugin-specific code (100+) for "an attachment this plugin made is missing or wrong". */
 export const CHECK_FAILED = 100;
@@ -27,7 +27,8 @@ interface TcFilter {
 const fail = (msg: string): CniError => new CniError(CHECK_FAILED, msg);
 
 /**
- * CHECK against prevResult: IPAM's own CHECK, the host veth on the right bridge, and inside the
+ * CHECK against prevResult: IPAM's own CHECK, the host veth on the right bridge (which, with
+ * `isGateway`, carries the gateway addresses), and inside the
  * netns the tap (kind, MAC, MTU, queues, owner) with both redirects, or the migration veth with
  * its addresses.
  */
@@ -45,6 +46,10 @@ export async function cmdCheck(ctx: CniContext, conf: NetConf): Promise<void> {
     /* not enslaved */
   }
   if (master !== conf.bridge) throw fail(`host veth ${names.hostVeth} is not on bridge ${conf.bridge}`);
+  if (conf.isGateway) {
+    const missing = missingBridgeAddrs(bridgeGatewayAddrs(prev.ips ?? []), await readLinkAddrs(ctx.deps, conf.bridge));
+    if (missing.length) throw fail(`bridge ${conf.bridge} lacks its gateway address ${missing.map((a) => `${a.ip}/${a.prefix}`).join(', ')}`);
+  }
 
   const idx = prev.interfaces?.findIndex((i) => i.name === ctx.ifname && i.sandbox === ctx.netns) ?? -1;
   const want = idx >= 0 ? prev.interfaces?.[idx] : undefined;

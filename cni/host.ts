@@ -6,7 +6,7 @@ import { spawn } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
 import { exec as defaultExec, ExecError, type Exec } from '../lib/exec.js';
 import { CniCode, CniError } from './cni-error.js';
-import type { BatchOp } from './plan.js';
+import { missingBridgeAddrs, planBridgeGateway, type BatchOp, type BridgeAddr } from './plan.js';
 import { batchHandle, type BatchOutcome, type PendingBatch, type WarmPool } from './warm-pool.js';
 
 export interface HostDeps {
@@ -109,4 +109,25 @@ export async function ensureBridge(deps: HostDeps, name: string, mac: string, mt
   if (!existsSync(`${deps.sysRoot}/class/net/${name}/bridge`)) {
     throw new CniError(CniCode.InvalidNetworkConfig, `host link "${name}" exists and is not a bridge`);
   }
+}
+
+/** The addresses a host link carries now (`ip -j addr show`). */
+export async function readLinkAddrs(deps: HostDeps, name: string): Promise<BridgeAddr[]> {
+  const res = await deps.exec('ip', ['-j', 'addr', 'show', 'dev', name], { timeoutMs: TIMEOUT_MS });
+  const links = JSON.parse(res.stdout || '[]') as { addr_info?: { local?: string; prefixlen?: number }[] }[];
+  return (links[0]?.addr_info ?? []).flatMap((a) => (a.local !== undefined && a.prefixlen !== undefined ? [{ ip: a.local, prefix: a.prefixlen }] : []));
+}
+
+/**
+ * `isGateway`: makes sure the bridge carries `want`. Concurrent ADDs of one network race to add
+ * the same address; the loser's "File exists" is success, which the re-read proves. Nothing ever
+ * removes these addresses: every attachment on the bridge uses them.
+ */
+export async function ensureBridgeGateway(deps: HostDeps, bridge: string, want: BridgeAddr[]): Promise<void> {
+  const lines = planBridgeGateway(bridge, want, await readLinkAddrs(deps, bridge));
+  if (lines.length === 0) return;
+  const out = await runBatch(deps, null, 'ip', lines, true);
+  if (!out.error) return;
+  const missing = missingBridgeAddrs(want, await readLinkAddrs(deps, bridge));
+  if (missing.length) throw new CniError(CniCode.Internal, `cannot give bridge ${bridge} its gateway address`, out.error.message);
 }

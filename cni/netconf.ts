@@ -27,6 +27,8 @@ export interface NetConf {
   type: string;
   mode: Mode;
   bridge: string;
+  /** The bridge carries the gateway of each IPAM address (cni/plan.ts bridgeGatewayAddrs). */
+  isGateway: boolean;
   mtu: number | undefined;
   multiQueue: boolean;
   owner: number | undefined;
@@ -75,6 +77,7 @@ const TOP_KEYS = [
   'ipMasq',
   'mode',
   'bridge',
+  'isGateway',
   'mtu',
   'multiQueue',
   'owner',
@@ -236,6 +239,8 @@ export function parseNetConf(raw: Obj): NetConf {
     }
   }
   if (mode === 'migration' && !ipamType) throw invalid('mode "migration" needs an ipam plugin');
+  const isGateway = optBool(o.isGateway, 'isGateway') ?? false;
+  if (isGateway && !ipamType) throw invalid('isGateway needs an ipam plugin: the bridge takes the gateway of its result');
 
   let dns: CniDns | undefined;
   if (o.dns !== undefined && o.dns !== null) {
@@ -311,6 +316,7 @@ export function parseNetConf(raw: Obj): NetConf {
     type,
     mode,
     bridge,
+    isGateway,
     mtu: optInt(o.mtu, 'mtu', 68, 65535),
     multiQueue: optBool(o.multiQueue, 'multiQueue') ?? false,
     owner: optInt(o.owner, 'owner', 0, 0xffffffff),

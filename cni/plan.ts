@@ -9,6 +9,8 @@
  * enough to make a migration target silent.
  */
 import { createHash, randomBytes } from 'node:crypto';
+import { BlockList, isIP } from 'node:net';
+import { CniCode, CniError } from './cni-error.js';
 import type { Bandwidth } from './netconf.js';
 import type { CniIp, CniRoute } from './result.js';
 
@@ -195,4 +197,77 @@ export function planDelPod(names: AttachmentNames): string[] {
 /** Opening a migration target's path: the pod end of the veth goes up, nothing else changes. */
 export function planActivate(ifname: string): string[] {
   return [`link set dev ${ifname} up`, `link set dev ${attachmentNames('', '', ifname).podVeth} up`];
+}
+
+/** An address with its prefix length, as the bridge should carry it (`isGateway`). */
+export interface BridgeAddr {
+  /** Canonical text (IPv6 compressed, lower case), so it compares equal to what `ip -j` prints. */
+  ip: string;
+  prefix: number;
+}
+
+/** Canonical text of an IP, or undefined when it is not one. */
+function canonicalIp(s: string): string | undefined {
+  const family = isIP(s);
+  if (family === 4) return s;
+  // The WHATWG URL host serializer prints IPv6 in RFC 5952 form, as iproute2 does.
+  if (family === 6) return new URL(`http://[${s}]`).hostname.slice(1, -1);
+  return undefined;
+}
+
+const gatewayError = (msg: string): CniError =>
+  new CniError(
+    CniCode.InvalidNetworkConfig,
+    `isGateway: ${msg}`,
+    'the bridge takes the gateway of every IPAM address: name one in the IPAM config (host-local: "gateway" in the range; static: "gateway" next to the address), or set isGateway to false',
+  );
+
+/**
+ * `isGateway`: what the host bridge must carry for the IPAM result, namely each address's gateway
+ * with the address's prefix (the guest and the bridge then share the subnet, and the node routes
+ * it through the bridge). Every address must name a gateway inside its own subnet.
+ */
+export function bridgeGatewayAddrs(ips: readonly CniIp[]): BridgeAddr[] {
+  if (ips.length === 0) throw gatewayError('the IPAM result has no address, so no gateway for the bridge');
+  const out: BridgeAddr[] = [];
+  for (const { address, gateway } of ips) {
+    const [ipText = '', prefixText = ''] = address.split('/');
+    const family = isIP(ipText);
+    const prefix = Number(prefixText);
+    if (!family || !/^\d+$/.test(prefixText) || prefix > (family === 4 ? 32 : 128)) throw gatewayError(`IPAM address ${JSON.stringify(address)} is not an address/prefix`);
+    if (!gateway) throw gatewayError(`the IPAM result has no gateway for ${address}`);
+    const gw = canonicalIp(gateway);
+    if (!gw || isIP(gw) !== family) throw gatewayError(`gateway ${JSON.stringify(gateway)} of ${address} is not an IPv${family} address`);
+    const subnet = new BlockList();
+    subnet.addSubnet(ipText, prefix, family === 4 ? 'ipv4' : 'ipv6');
+    if (!subnet.check(gw, family === 4 ? 'ipv4' : 'ipv6')) throw gatewayError(`gateway ${gw} is outside the subnet of ${address}`);
+    if (gw === canonicalIp(ipText)) throw gatewayError(`gateway ${gw} is the address IPAM gave the guest`);
+    if (!out.some((a) => a.ip === gw && a.prefix === prefix)) out.push({ ip: gw, prefix });
+  }
+  return out;
+}
+
+/** The wanted addresses the bridge does not carry with exactly that prefix. */
+export function missingBridgeAddrs(want: readonly BridgeAddr[], have: readonly BridgeAddr[]): BridgeAddr[] {
+  return want.filter((w) => !have.some((h) => h.prefix === w.prefix && canonicalIp(h.ip) === w.ip));
+}
+
+/**
+ * Batch lines (host netns) that give `bridge` the addresses it lacks; none when it has them all,
+ * so a second ADD changes nothing. The bridge's other addresses are left alone. The same address
+ * with another prefix is the operator's (or another network's) and a conflict: no guess.
+ */
+export function planBridgeGateway(bridge: string, want: readonly BridgeAddr[], have: readonly BridgeAddr[]): string[] {
+  return missingBridgeAddrs(want, have).map((w) => {
+    const other = have.find((h) => canonicalIp(h.ip) === w.ip);
+    if (other) {
+      throw new CniError(
+        CniCode.InvalidNetworkConfig,
+        `isGateway: bridge ${bridge} already has ${other.ip}/${other.prefix}, IPAM's subnet wants ${w.ip}/${w.prefix}`,
+        'remove the address from the bridge or make the IPAM subnet match it',
+      );
+    }
+    // nodad: the gateway is this node's own address; guests must not wait out DAD for their router.
+    return `addr add ${w.ip}/${w.prefix} dev ${bridge}${w.ip.includes(':') ? ' nodad' : ''}`;
+  });
 }
