@@ -1,6 +1,7 @@
 import { strict as assert } from 'node:assert';
 import { main as agentMain } from '../../agent/kube/main.js';
 import { AGENT_CONTAINER, AGENT_SELECTOR } from '../../agent/kube/kubectl/console.js';
+import { parseNetConf } from '../../cni/netconf.js';
 import { parseConfig } from '../../plugins/config.js';
 import { validateCniConfig, validateManifest } from './k8s-validate.js';
 import { render, type Manifest, type RenderOptions, type Rendered } from './render-chart.js';
@@ -466,6 +467,17 @@ describe('chart: rendered manifests', () => {
       assert.match(wanted.notes, /no ServiceMonitor was created/);
       const sm = one(render({ apiVersions: [MONITOR_API], values: { metrics: { serviceMonitor: { enabled: true } } } }), 'ServiceMonitor');
       assert.deepEqual((sm.spec as { endpoints: { port: string; path: string }[] }).endpoints.map((e) => [e.port, e.path]), [['metrics', '/metrics']]);
+    });
+
+    it("the NADs' configs are accepted by the plugin's own parser; the VM network's bridge is the gateway unless turned off", () => {
+      const nads = (r: Rendered): Record<string, ReturnType<typeof parseNetConf>> =>
+        Object.fromEntries(r.all.filter((m) => m.kind === 'NetworkAttachmentDefinition').map((m) => [m.metadata.name, parseNetConf(JSON.parse((m.spec as { config: string }).config) as Obj)]));
+      const on = nads(render({ apiVersions: [NAD_API] }));
+      assert.deepEqual(Object.keys(on).sort(), ['podvirt-migration', 'podvirt-vm']);
+      assert.equal(on['podvirt-vm']?.isGateway, true, "the agent's guest DHCP answers from the bridge's address in the guest subnet");
+      assert.equal(on['podvirt-migration']?.isGateway, false);
+      const off = nads(render({ apiVersions: [NAD_API], values: { networks: { vm: { isGateway: false } } } }));
+      assert.equal(off['podvirt-vm']?.isGateway, false);
     });
 
     it('NOTES.txt says what is missing on a bare cluster and what was created otherwise', () => {

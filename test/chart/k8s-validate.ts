@@ -142,6 +142,7 @@ export const PODVIRT_CNI_SCHEMA = {
     type: { const: 'podvirt' },
     mode: { enum: ['tap', 'migration'] },
     bridge: { type: 'string', pattern: '^[A-Za-z0-9_.-]{1,15}$' },
+    isGateway: { type: 'boolean' },
     mtu: { type: 'integer', minimum: 576, maximum: 65535 },
     multiQueue: { type: 'boolean' },
     owner: { type: 'integer', minimum: 0 },

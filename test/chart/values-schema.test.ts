@@ -66,6 +66,7 @@ describe('chart: values.schema.json', () => {
     { name: 'maxUnavailable 0', values: { agent: { updateStrategy: { maxUnavailable: 0 } } }, message: 'agent.updateStrategy.maxUnavailable: must be >= 1' },
     { name: 'toleration operator', values: { agent: { tolerations: [{ operator: 'Maybe' }] } }, message: 'agent.tolerations.0.operator: must be equal to one of the allowed values ("Exists", "Equal")' },
     { name: 'bridge name longer than IFNAMSIZ', values: { networks: { vm: { bridge: 'podvirt-bridge-01' } } }, message: 'networks.vm.bridge: must match pattern' },
+    { name: 'isGateway as a string', values: { networks: { vm: { isGateway: 'true' } } }, message: 'networks.vm.isGateway: must be boolean' },
     { name: 'tap owner root', values: { networks: { vm: { owner: 0 } } }, message: 'networks.vm.owner: must be >= 1' },
     { name: 'ipam without type', values: { networks: { migration: { ipam: { type: null, subnet: '10.0.0.0/8' } } } }, message: "networks.migration.ipam: must have required property 'type'" },
     { name: 'storage class name with capitals', values: { storageClass: { name: 'PodVirt' } }, message: 'storageClass.name: must match pattern' },
