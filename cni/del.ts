@@ -9,7 +9,9 @@ import { attachmentNames, planDelPod } from './plan.js';
  * DEL: best effort and idempotent (SPEC.md §4; containernetworking/cni#309). The netns, the links
  * or the reservation may already be gone and a second DEL must succeed; only an IPAM failure is
  * reported, because a leaked address is the one thing the runtime can retry its way out of.
- * With an IPAM owner key the reservation is released only by its last holder (cni/ipam-owner.ts).
+ * With an IPAM owner key the reservation is released only by its last holder, and with a
+ * cluster-wide IPAM only when this node owns it (not a provisional migration target, not handed
+ * over to another node: cni/ipam-owner.ts).
  */
 export async function cmdDel(ctx: CniContext, conf: NetConf): Promise<void> {
   const names = attachmentNames(conf.name, ctx.containerId, ctx.ifname);

@@ -19,10 +19,11 @@ export async function cmdStatus(ctx: CniContext, conf: NetConf): Promise<void> {
 /**
  * GC (1.1): removes this network's host veths (found by the network's link group) that belong
  * to no attachment in `cni.dev/valid-attachments` (a veth normally dies with its netns; this
- * catches netns that were leaked while held open), releases IPAM owner keys no valid attachment
- * holds any more, then forwards GC to IPAM when it knows GC, with the keys still held added to
- * the valid attachments (the delegate knows those reservations by key, not by container ID).
- * Continues past errors and reports the first.
+ * catches netns that were leaked while held open), drops IPAM owner keys no valid attachment
+ * holds any more (releasing those this node owns, as a last DEL would), then forwards GC to
+ * IPAM when it knows GC, with the keys still held added to the valid attachments (the delegate
+ * knows those reservations by key, not by container ID). Continues past errors and reports the
+ * first.
  */
 export async function cmdGc(ctx: CniContext, conf: NetConf): Promise<void> {
   const keep = new Set((conf.validAttachments ?? []).map((a) => attachmentNames(conf.name, a.containerID, a.ifname).hostVeth));
