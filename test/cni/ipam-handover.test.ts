@@ -1,7 +1,7 @@
 import { strict as assert } from 'node:assert';
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import * as path from 'node:path';
-import { handOverHold, ipamScopeOf, promoteHold, provisionalHold, readOwnerRecord, type HoldRef } from '../../cni/ipam-owner.js';
+import { handOverHold, ipamScopeOf, promoteHold, provisionalHold, readOwnerRecord, recordPath, type HoldRef, type OwnerRecord } from '../../cni/ipam-owner.js';
 import { parseNetConf } from '../../cni/netconf.js';
 import { CniError } from '../../cni/cni-error.js';
 import { CniHarness } from './harness.js';
@@ -178,6 +178,35 @@ describe('podvirt-cni IPAM hand-over between nodes', function () {
     assert.equal(await promoteHold(ref(nodeA, key, 's-tgt')), 'marked');
     assert.equal(await handOverHold(ref(nodeA, key, 's-src')), 'unchanged', 'owned through the target now');
     await run('DEL', src);
+    assert.equal(cluster.reserved(key), ip);
+    await run('DEL', tgt);
+    assert.equal(cluster.reserved(key), undefined);
+    for (const a of [src, tgt]) h.dropNetns(a.ns);
+  });
+
+  it('cluster IPAM, crash leftovers and GC: a pending record is finished by the next ADD; GC of a handed-over key releases nothing', async () => {
+    const key = `vm-crash-${h.tag}`;
+    const src = attachment(nodeA, key, 'c-src');
+    const ip = ipOf((await run('ADD', src)).result);
+    // Node B's target ADD died between its pending record and IPAM's answer.
+    const file = recordPath(nodeB, net(), key, 'net1');
+    mkdirSync(path.dirname(file), { recursive: true });
+    const pending: OwnerRecord = { network: net(), key, ifname: 'net1', ipamType: 'pvt-cluster-ipam', scope: 'cluster', owner: null, holders: ['c-dead'], result: undefined, pending: true, updatedAt: new Date().toISOString() };
+    writeFileSync(file, JSON.stringify(pending));
+    const tgt = attachment(nodeB, key, 'c-tgt', { target: true });
+    assert.equal(ipOf((await run('ADD', tgt)).result), ip, 'asked IPAM again instead of answering from an empty record');
+    const rec = await readOwnerRecord(nodeB, net(), key, 'net1');
+    assert.deepEqual([rec?.holders, rec?.owner, rec?.pending], [['c-dead', 'c-tgt'], null, undefined]);
+    // The runtime's DEL for the dead ADD, then the migration succeeds.
+    const dead = { ns: '', req: { ...tgt.req, containerId: 'c-dead', netns: undefined } };
+    await run('DEL', dead as ReturnType<typeof attachment>, false);
+    assert.deepEqual((await readOwnerRecord(nodeB, net(), key, 'net1'))?.holders, ['c-tgt']);
+    assert.equal(await promoteHold(ref(nodeB, key, 'c-tgt')), 'marked');
+    assert.equal(await handOverHold(ref(nodeA, key, 'c-src')), 'marked');
+    // The source pod vanishes without a DEL; node A's GC drops the key without releasing it.
+    const gc = await h.invoke('shim+server', { path: src.req.path, config: { ...src.req.config, 'cni.dev/valid-attachments': [] }, command: 'GC' });
+    assert.equal(gc.exitCode, 0, gc.stdout);
+    assert.equal(await readOwnerRecord(nodeA, net(), key, 'net1'), undefined);
     assert.equal(cluster.reserved(key), ip);
     await run('DEL', tgt);
     assert.equal(cluster.reserved(key), undefined);
