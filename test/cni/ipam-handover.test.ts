@@ -198,8 +198,7 @@ describe('podvirt-cni IPAM hand-over between nodes', function () {
     const rec = await readOwnerRecord(nodeB, net(), key, 'net1');
     assert.deepEqual([rec?.holders, rec?.owner, rec?.pending], [['c-dead', 'c-tgt'], null, undefined]);
     // The runtime's DEL for the dead ADD, then the migration succeeds.
-    const dead = { ns: '', req: { ...tgt.req, containerId: 'c-dead', netns: undefined } };
-    await run('DEL', dead as ReturnType<typeof attachment>, false);
+    await run('DEL', { ns: '', req: { ...tgt.req, containerId: 'c-dead' } }, false);
     assert.deepEqual((await readOwnerRecord(nodeB, net(), key, 'net1'))?.holders, ['c-tgt']);
     assert.equal(await promoteHold(ref(nodeB, key, 'c-tgt')), 'marked');
     assert.equal(await handOverHold(ref(nodeA, key, 'c-src')), 'marked');
