@@ -3,6 +3,7 @@ import { readFileSync, readdirSync } from 'node:fs';
 import * as path from 'node:path';
 import { parse, parseAllDocuments } from 'yaml';
 import { parseLocalManifest } from '../../agent/local/manifest.js';
+import { parseNetConf } from '../../cni/netconf.js';
 import { podVmInput } from '../../agent/spec/index.js';
 import { PROJECT_ROOT } from '../../lib/project-root.js';
 import { validateCniConfig, validateManifest } from './k8s-validate.js';
@@ -68,6 +69,8 @@ describe('examples/', () => {
       assert.equal(conf.name, nad.metadata.name);
       modes[nad.metadata.name] = conf.mode;
       if (conf.mode === 'tap') assert.equal(conf.bridge, 'podvirt0');
+      // The plugin's own parser accepts it; the VM network's bridge answers DHCP from the gateway.
+      assert.equal(parseNetConf(conf as unknown as Obj).isGateway, conf.mode === 'tap', f);
     }
     assert.deepEqual(modes, { 'vm-net': 'tap', 'migration-net': 'migration' });
   });
@@ -128,12 +131,16 @@ describe('examples/', () => {
         assert.ok((local.memoryLimitBytes ?? 0) > 512 * 2 ** 20, 'the pod leaves room for QEMU beside the guest memory');
         const withDevice = new Set((c0.volumeDevices ?? []).map((d) => d.name));
         for (const d of spec.disks) assert.ok(withDevice.has(d.volume), `disk ${d.name}: pod volume ${d.volume} is a volumeDevice of the container`);
-        const nets = JSON.parse(ann['k8s.v1.cni.cncf.io/networks'] ?? '[]') as { name: string; mac?: string }[];
+        const nets = JSON.parse(ann['k8s.v1.cni.cncf.io/networks'] ?? '[]') as { name: string; mac?: string; 'cni-args'?: { ipamKey?: string } }[];
         const nadNames = ['nad-vm.yaml', 'nad-migration.yaml'].map((f) => (loadFile(f)[0] as Manifest).metadata.name);
         for (const n of nets) assert.ok(nadNames.includes(n.name), `network ${n.name} has a NAD in examples/`);
         for (const i of spec.interfaces) assert.ok(nets.some((n) => n.name === i.network), `interface ${i.name}: network ${i.network} is attached`);
         assert.ok(nets.some((n) => n.name === 'migration-net'), 'the migration network is attached');
         assert.ok(nets.find((n) => n.name === 'vm-net')?.mac, 'the VM NIC has a fixed MAC (it must not change on migration)');
+        const vmNet = nets.find((n) => n.name === 'vm-net');
+        assert.ok(vmNet?.['cni-args']?.ipamKey, "the VM's address belongs to the VM from its first pod on (an IPAM key)");
+        // Multus passes cni-args as args.cni: the plugin's own parser must accept the key.
+        assert.equal(parseNetConf({ cniVersion: '1.0.0', name: 'vm-net', type: 'podvirt', args: { cni: vmNet['cni-args'] } }).args.ipamKey, vmNet['cni-args'].ipamKey);
       });
 
       it("the agent's own VM spec parser accepts it, with a Guaranteed pod sized for the VM", () => {
