@@ -327,7 +327,8 @@ export class KubeMigration implements MigrationHandoff {
     const r = await side.run();
     if (r.outcome === 'completed') {
       // Before the caller stops QEMU and reports: the pod's deletion (and its DEL) follows that.
-      await this.markHolds('hand-over', pod, vm.stateSnapshot.sandbox.netns).catch(() => undefined);
+      const snap = vm.stateSnapshot;
+      await this.markHolds('hand-over', pod, snap.sandbox.netns ?? `/proc/${snap.qemuPid}/ns/net`).catch(() => undefined);
     }
     return {
       outcome: r.outcome,
