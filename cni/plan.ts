@@ -208,7 +208,7 @@ export interface BridgeAddr {
 
 /** Canonical text of an IP, or undefined when it is not one. */
 function canonicalIp(s: string): string | undefined {
-  const family = isIP(s);
+  const family = s.includes('%') ? 0 : isIP(s); // a zone index belongs to no bridge address
   if (family === 4) return s;
   // The WHATWG URL host serializer prints IPv6 in RFC 5952 form, as iproute2 does.
   if (family === 6) return new URL(`http://[${s}]`).hostname.slice(1, -1);

@@ -52,6 +52,7 @@ describe('podvirt-cni isGateway: the host bridge carries the IPAM gateway', func
         [[{ address: '10.88.3.7/24', gateway: '10.88.4.1' }], /gateway 10\.88\.4\.1 is outside the subnet of 10\.88\.3\.7\/24/],
         [[{ address: '10.88.3.7/24', gateway: 'fd00::1' }], /not an IPv4 address/],
         [[{ address: '10.88.3.7/24', gateway: '10.88.3.7' }], /is the address IPAM gave the guest/],
+        [[{ address: 'fd00::5/64', gateway: 'fd00::1%eth0' }], /is not an IPv6 address/],
       ];
       for (const [ips, re] of cases) {
         const [code, msg] = codeAndMsg(() => bridgeGatewayAddrs(ips));
