@@ -118,7 +118,7 @@ describe('podvirt migrate (local mode, TCG)', function () {
     assert.equal(ps[0]!.phase, 'Running');
     await pingUntilReply(guestIp);
     assert.equal(reservedFor(guestIp), 'podvirt-vm-mvm', 'the removed target did not release the VM address');
-    await cli(['stop', src.name]);
+    await cli(['stop', src.name, '--timeout', '3']);
     assert.equal(reservedFor(guestIp), undefined, 'stopping the VM released it');
   });
 });
