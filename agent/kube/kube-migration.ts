@@ -197,11 +197,9 @@ export class KubeMigration implements MigrationHandoff {
     const address = migrationAddressOf(target.pod);
     // Before anything can fail: a target whose ADD was not flagged as one owns its fresh hold of a
     // cluster-wide reservation, and its DEL after a failure would free the source's address.
-    try {
-      await this.markHolds('provisional', target.pod, target.sandbox.netns);
-    } catch (e) {
-      throw new FailedPrecondition(`cannot make the target's IPAM hold provisional: ${errorMessage(e)}`, { cause: e });
-    }
+    // Failing here would not help (the target pod goes, and its DEL releases all the same), so
+    // the migration goes on; a success promotes the hold anyway.
+    await this.markHolds('provisional', target.pod, target.sandbox.netns).catch(() => undefined);
     // Decided before QEMU starts: a volume nobody can classify fails the migration, not the VM.
     const localDisks = this.o.volumes ? nodeLocalDisks(target.pod, await nodeLocalVolumes(target.pod, this.o.volumes)) : [];
     const owner = this.o.runtime.runAs(target.pod);
