@@ -4,12 +4,14 @@ import { randomBytes } from 'node:crypto';
 import { chmodSync, existsSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
+import { DhcpServer } from '../../agent/dhcp/server.js';
 import { CniError } from '../../cni/cni-error.js';
 import { defaultHostDeps } from '../../cni/host.js';
 import { stderrLogger } from '../../cni/logger.js';
 import { parseNetConf } from '../../cni/netconf.js';
 import { bridgeGatewayAddrs, planBridgeGateway } from '../../cni/plan.js';
 import { handleCniRequest, type CniResponse } from '../../cni/skel.js';
+import { exec } from '../../lib/exec.js';
 
 const codeAndMsg = (f: () => unknown): [number, string] => {
   try {
@@ -179,6 +181,42 @@ describe('podvirt-cni isGateway: the host bridge carries the IPAM gateway', func
       }
       assert.deepEqual(bridgeAddrs().map((x) => `${x.local}/${x.prefixlen}`).sort(), [...gateways].sort(), 'other pods may still use the gateway');
       assert.deepEqual(reservations(), []);
+    });
+
+    it("the agent's DHCP server answers on a new bridge whose only address isGateway gave it", async () => {
+      try {
+        execFileSync('ip', ['link', 'del', bridge], { stdio: 'ignore' });
+      } catch {
+        /* not made yet */
+      }
+      const ns = netns();
+      const add = await cni('ADD', 'gw-dhcp', ns, config());
+      assert.equal(add.exitCode, 0, add.stdout);
+      const v4 = (JSON.parse(add.stdout) as { ips: { address: string; gateway: string }[] }).ips.find((i) => i.address.includes('.'));
+      const ip = (v4?.address ?? '').split('/')[0] as string;
+      assert.deepEqual(bridgeAddrs().filter((a) => a.family === 'inet').map((a) => `${a.local}/${a.prefixlen}`), [gateways[0]]);
+      const guestMac = `02:00:5e:${r.subarray(0, 3).toString('hex').match(/../g)?.join(':')}`;
+      const dhcp = new DhcpServer();
+      await dhcp.start();
+      // A client with the guest's MAC on the bridge (the guest's own frames would come through the tap).
+      const probe = path.basename(netns());
+      const hostEnd = `pvt-cni-gp${tag}`;
+      try {
+        dhcp.add({ mac: guestMac, ip, prefixLength: 24, gateway: v4?.gateway, bridge, owner: 'gw-dhcp' });
+        execFileSync('ip', ['link', 'add', hostEnd, 'type', 'veth', 'peer', 'name', 'eth0', 'netns', probe]);
+        execFileSync('ip', ['link', 'set', hostEnd, 'master', bridge, 'up']);
+        execFileSync('ip', ['-n', probe, 'link', 'set', 'eth0', 'address', guestMac, 'up']);
+        const script = path.join(dir, 'udhcpc-event');
+        writeFileSync(script, '#!/bin/sh\n[ "$1" = bound ] && echo "LEASE $ip/$mask router=$router serverid=$serverid"\nexit 0\n', { mode: 0o755 });
+        // Asynchronously: the server answers from this process's event loop.
+        const out = await exec('ip', ['netns', 'exec', probe, 'busybox', 'udhcpc', '-f', '-q', '-n', '-i', 'eth0', '-t', '5', '-T', '1', '-s', script], { timeoutMs: 20_000, allowFailure: true });
+        assert.equal(dhcp.replies >= 2, true, out.stderr);
+        assert.match(out.stdout, new RegExp(`LEASE ${ip.replace(/\./g, '\\.')}/24 router=${v4Base.replace(/\./g, '\\.')}\\.1 serverid=${v4Base.replace(/\./g, '\\.')}\\.1\\b`));
+      } finally {
+        await dhcp.stop();
+        execFileSync('ip', ['link', 'del', hostEnd], { stdio: 'ignore' });
+      }
+      assert.equal((await cni('DEL', 'gw-dhcp', ns, config())).exitCode, 0);
     });
 
     it('migration mode: the bridge gets the gateway, the pod end the address', async () => {
