@@ -25,6 +25,7 @@
 import { statSync } from 'node:fs';
 import * as path from 'node:path';
 import type { V1Pod } from '@kubernetes/client-node';
+import { activateTap } from '../../cni/activate.js';
 import { readAttachments, type TapAttachment } from '../../cni/attachment-events.js';
 import { handOverHold, promoteHold, provisionalHold, type HoldChange, type HoldRef } from '../../cni/ipam-owner.js';
 import { Aborted, FailedPrecondition, errorMessage } from '../../lib/errors.js';
@@ -83,21 +84,24 @@ export interface MigrationSides {
 const realSides: MigrationSides = { source: (o) => new SourceSide(o), target: (o) => new TargetSide(o) };
 
 /**
- * The keyed IPAM holds of a pod's tap attachments (pure): records of the pod (by `K8S_POD_*`)
- * and, when both sides know it, of its network namespace; a record that matches neither way, or
- * contradicts one, is someone else's.
+ * A pod's tap attachments (pure): records of the pod (by `K8S_POD_*`) and, when both sides know
+ * it, of its network namespace; a record that matches neither way, or contradicts one, is
+ * someone else's.
  */
-export function podIpamHolds(attachments: readonly TapAttachment[], pod: V1Pod, netnsId?: { ino: number; dev: number }): HoldRef[] {
+export function podAttachments(attachments: readonly TapAttachment[], pod: V1Pod, netnsId?: { ino: number; dev: number }): TapAttachment[] {
   const m = pod.metadata ?? {};
-  const out: HoldRef[] = [];
-  for (const a of attachments) {
-    if (!a.ipamKey || !a.stateDir) continue;
+  return attachments.filter((a) => {
     const byPod = a.pod ? a.pod.namespace === m.namespace && a.pod.name === m.name && (!a.pod.uid || !m.uid || a.pod.uid === m.uid) : undefined;
     const byNetns = netnsId && a.netnsId ? a.netnsId.ino === netnsId.ino && a.netnsId.dev === netnsId.dev : undefined;
-    if (byPod === false || byNetns === false || (byPod === undefined && byNetns === undefined)) continue;
-    out.push({ stateDir: a.stateDir, network: a.network, key: a.ipamKey, ifname: a.ifname, containerId: a.containerId });
-  }
-  return out;
+    return byPod !== false && byNetns !== false && (byPod === true || byNetns === true);
+  });
+}
+
+/** The keyed IPAM holds of a pod's tap attachments (pure). */
+export function podIpamHolds(attachments: readonly TapAttachment[], pod: V1Pod, netnsId?: { ino: number; dev: number }): HoldRef[] {
+  return podAttachments(attachments, pod, netnsId).flatMap((a) =>
+    a.ipamKey && a.stateDir ? [{ stateDir: a.stateDir, network: a.network, key: a.ipamKey, ifname: a.ifname, containerId: a.containerId }] : [],
+  );
 }
 
 function netnsIdOf(p: string | undefined): { ino: number; dev: number } | undefined {
@@ -192,6 +196,17 @@ export class KubeMigration implements MigrationHandoff {
     return done;
   }
 
+  /**
+   * Switch-over on the target: opens the taps the CNI made silent for a migration target (ADD
+   * with `migrationTarget`), so the VM's frames reach the bridge once QEMU announces it here.
+   */
+  private async openTargetTaps(target: VmTarget): Promise<void> {
+    if (!this.o.attachmentDir) return;
+    const silent = podAttachments(readAttachments(this.o.attachmentDir), target.pod, netnsIdOf(target.sandbox.netns)).filter((a) => a.migrationTarget);
+    await Promise.all(silent.map((a) => activateTap({ netns: target.sandbox.netns, ifname: a.ifname })));
+    if (silent.length) this.o.log.info({ pod: target.key, taps: silent.map((a) => a.ifname) }, 'target taps opened');
+  }
+
   async migrateInto(target: VmTarget, source: string, ask: (r: MigrationRequest) => Promise<void>, progress: (p: MigrationProgress) => void, signal?: AbortSignal): Promise<VmReport> {
     if (signal?.aborted) throw new Aborted('migration cancelled: the target pod is going away');
     const address = migrationAddressOf(target.pod);
@@ -219,6 +234,7 @@ export class KubeMigration implements MigrationHandoff {
       tlsWorkDir: path.join(runDir, '..', `${path.basename(runDir)}-mig-ca`),
       ...tlsDirs(vm, 'mig-tls'),
       qemuOwner: owner,
+      onResume: () => this.openTargetTaps(target),
       log: this.o.log,
     });
     try {

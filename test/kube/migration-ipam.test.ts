@@ -16,7 +16,9 @@ import type { VmCoreRuntime } from '../../agent/kube/vm-core-runtime.js';
 import type { DiscoveredSandbox } from '../../agent/kube/pod-discovery.js';
 import type { MigrationRequest } from '../../agent/kube/vm-runtime.js';
 import type { TargetSide } from '../../agent/migration/target.js';
+import { execFileSync } from 'node:child_process';
 import { writeJsonAtomic } from '../../lib/fs-atomic.js';
+import { CniHarness } from '../cni/harness.js';
 import { createLogger } from '../../lib/log.js';
 
 const log = createLogger('test-kube-mig-ipam', process.env.PODVIRT_TEST_LOG ?? 'silent');
@@ -177,5 +179,63 @@ describe('cluster migration: the IPAM holds follow the outcome', () => {
     assert.deepEqual(podIpamHolds(atts, p, ns).map((h) => h.containerId), ['a', 'b', 'c']);
     assert.deepEqual(podIpamHolds(atts, p).map((h) => h.containerId), ['a', 'b', 'f']);
     assert.deepEqual(podIpamHolds(atts, p, ns)[0], { stateDir: '/s', network: 'n', key: 'k', ifname: 'net1', containerId: 'a' });
+  });
+});
+
+describe('cluster migration: a target\'s silent taps open at switch-over', function () {
+  this.timeout(60_000);
+  const h = new CniHarness();
+  before(async () => h.start());
+  after(async () => h.cleanup());
+
+  /** Device name -> is it up, in a netns. */
+  const upIn = (ns: string): Record<string, boolean> =>
+    Object.fromEntries((JSON.parse(execFileSync('ip', ['-n', ns, '-j', 'link', 'show']).toString()) as Array<{ ifname: string; flags: string[] }>).filter((l) => l.ifname !== 'lo').map((l) => [l.ifname, l.flags.includes('UP')]));
+
+  it('the taps the CNI made silent for the target pod (migrationTarget) are opened by the resume hook, not before', async () => {
+    const ns = h.netns();
+    const req = { containerId: 'sandbox-tgt', netns: `/run/netns/${ns}`, ifname: 'net1', args: { IgnoreUnknown: '1', K8S_POD_NAMESPACE: 'vms', K8S_POD_NAME: 'vm-t', K8S_POD_UID: 'uid-tgt' }, config: h.config({ runtimeConfig: { migrationTarget: true } }) };
+    const add = await h.invoke('shim+server', { ...req, command: 'ADD' });
+    assert.equal(add.exitCode, 0, add.stdout + add.stderr);
+    const podVeth = Object.keys(upIn(ns)).find((n) => n.startsWith('pvp'))!;
+    assert.equal(upIn(ns)[podVeth], false, 'silent until the switch-over');
+
+    let opts: Parameters<MigrationSides['target']>[0] | undefined;
+    let upAtResume: boolean | undefined;
+    const side = Object.assign(new EventEmitter(), { server: new EventEmitter(), listen: () => Promise.resolve(4711), close: () => Promise.resolve() });
+    const sides: MigrationSides = {
+      source: () => {
+        throw new Error('not used');
+      },
+      target: (o) => {
+        opts = o;
+        return side as unknown as TargetSide;
+      },
+    };
+    const runtime = {
+      runAs: () => ({ uid: 107, gid: 107 }),
+      runDirOf: () => path.join(h.dir, 'run'),
+      startIncoming: () => Promise.resolve({ qmp: new EventEmitter(), stateSnapshot: { runDir: path.join(h.dir, 'run') }, agentPath: (p: string) => p }),
+      report: () => Promise.resolve({ phase: 'Running', qemuPid: 42, vcpuThreads: [], topology: {} }),
+      stop: () => Promise.resolve(),
+    } as unknown as VmCoreRuntime;
+    const knob = path.join(h.dir, 'uffd');
+    await fs.writeFile(knob, '0\n');
+    const m = new KubeMigration({ runtime, controlAddress: '127.0.0.1', log, attachmentDir: path.join(h.dir, 'cni-attachments'), sides, userfaultfdSysctl: knob });
+    const tgtPod: V1Pod = { metadata: { name: 'vm-t', namespace: 'vms', uid: 'uid-tgt' }, spec: { containers: [{ name: 'compute', image: 'x' }] }, status: { podIP: '127.0.0.1' } };
+    const target = { key: 'vms/vm-t', pod: tgtPod, specText: SPEC, sandbox: { netns: `/run/netns/${ns}`, cgroup: { display: '/kubepods/t' } } as unknown as DiscoveredSandbox, topology: {} };
+    const ask = async () => {
+      // What the driver does at the switch-over: the hook, then the VM runs here.
+      setImmediate(() => {
+        upAtResume = upIn(ns)[podVeth];
+        void opts!.onResume!().then(() => side.emit('resumed'));
+      });
+    };
+    await m.migrateInto(target, 'vms/vm', ask, () => undefined);
+    assert.equal(upAtResume, false);
+    assert.deepEqual(upIn(ns), { net1: true, [podVeth]: true });
+    const del = await h.invoke('shim+server', { ...req, command: 'DEL' });
+    assert.equal(del.exitCode, 0, del.stdout);
+    h.dropNetns(ns);
   });
 });
