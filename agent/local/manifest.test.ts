@@ -68,7 +68,7 @@ describe('agent/local: manifest', () => {
     ['no pod', 'kind: Service\n', /exactly one Pod/],
     ['no spec annotation', 'kind: Pod\nmetadata: {name: a}\n', /vm.podvirt.io\/spec.*required/],
     ['bad name', 'kind: Pod\nmetadata: {name: A_b, annotations: {vm.podvirt.io/spec: "x"}}\n', /DNS label/],
-    ['hostPath volume', 'kind: Pod\nmetadata: {name: a, annotations: {vm.podvirt.io/spec: "x"}}\nspec: {volumes: [{name: h, hostPath: {path: /}}]}\n', /spec.volumes\[0\] \(h\).*persistentVolumeClaim and ephemeral/],
+    ['hostPath volume', 'kind: Pod\nmetadata: {name: a, annotations: {vm.podvirt.io/spec: "x"}}\nspec: {volumes: [{name: h, hostPath: {path: /}}]}\n', /spec.volumes\[0\] \(h\).*persistentVolumeClaim, ephemeral and emptyDir/],
     ['bad size', 'kind: PersistentVolumeClaim\nmetadata: {name: d}\nspec: {resources: {requests: {storage: lots}}}\n---\nkind: Pod\nmetadata: {name: a, annotations: {vm.podvirt.io/spec: "x"}}\n', /PersistentVolumeClaim d.spec.resources.requests.storage: "lots" is not a size/],
     ['yaml error', 'kind: Pod\nmetadata: {name: [\n', /FILE document 1/],
   ];

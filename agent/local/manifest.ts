@@ -131,8 +131,12 @@ export function parseLocalManifest(text: string): LocalPod {
     } else if (vol.ephemeral !== undefined) {
       const tpl = obj(obj(vol.ephemeral, `spec.volumes[${i}].ephemeral`).volumeClaimTemplate, `spec.volumes[${i}].ephemeral.volumeClaimTemplate`);
       claim = claimFrom({ ...tpl, metadata: { ...obj(tpl.metadata, 'metadata'), name: `${name}-${vname}` } }, true, `spec.volumes[${i}].ephemeral.volumeClaimTemplate`);
+    } else if (vol.emptyDir !== undefined) {
+      // A cluster pod with a read-only root gives QEMU's run dir an emptyDir; in local mode QEMU's
+      // run dir is the agent's, so the same manifest runs here with the volume unused.
+      continue;
     } else {
-      throw new InvalidArgument(`spec.volumes[${i}] (${vname}): local mode supports persistentVolumeClaim and ephemeral volumes only`);
+      throw new InvalidArgument(`spec.volumes[${i}] (${vname}): local mode supports persistentVolumeClaim, ephemeral and emptyDir volumes only`);
     }
     volumes.push({ name: vname, claim: claim.name, containerPath: paths.get(vname) });
     claims.push(claim);

@@ -150,7 +150,8 @@ describe('examples/', () => {
         assert.equal(input.resources.cpus, input.spec.cpus, 'one exclusive CPU per vCPU');
         assert.ok((input.resources.memoryBytes ?? 0) > input.spec.memory, 'room for QEMU beside the guest memory');
         assert.deepEqual(input.resources.extended, { 'devices.kubevirt.io/kvm': 1, 'devices.kubevirt.io/tun': 1 });
-        assert.deepEqual(input.volumes, { data: { kind: 'block', devicePath: '/dev/vm/data' } });
+        assert.deepEqual(input.volumes.data, { kind: 'block', devicePath: '/dev/vm/data' });
+        assert.deepEqual(input.volumes.run, { kind: 'filesystem', mountPath: '/run/podvirt', readOnly: false }, 'a writable run dir for QEMU under the read-only root');
         assert.deepEqual(input.spec.disks.map((d) => [d.name, d.volume, d.type]), [['data', 'data', 'block']]);
         assert.deepEqual(input.spec.interfaces.map((i) => [i.name, i.network, i.binding]), [['net0', 'vm-net', 'tap']]);
       });
