@@ -1,6 +1,7 @@
 import { promises as fs } from 'node:fs';
 import { exec, execText, ExecError, type Exec } from '../lib/exec.js';
 import { errorMessage, sysErrorCode } from '../lib/errors.js';
+import { sleep } from '../lib/backoff.js';
 
 /**
  * Thin wrappers over the host tools the node side needs (losetup, mount, mkfs, fs growers).
@@ -78,10 +79,19 @@ export class Host {
     await this.run('mount', ['-o', 'remount,bind,ro', target]);
   }
 
-  /** Unmounts; "not mounted" is success (idempotent teardown). */
+  /**
+   * Unmounts; "not mounted" is success (idempotent teardown). "target is busy" is retried for a few
+   * seconds: a consumer killed just before (QEMU after a stop timeout, seen by the agent when its QMP
+   * socket closes) may still be in exit, holding the file or a propagated copy of the mount in its
+   * own mount namespace, for some milliseconds after it is reported gone.
+   */
   async umount(target: string, lazy = false): Promise<void> {
-    const r = await this.run('umount', lazy ? ['-l', target] : [target], { allowFailure: true });
-    if (r.code !== 0 && !/not mounted|no mount point|No such file/.test(r.stderr)) throw new ExecError(['umount', target], r);
+    for (let delay = 10; ; delay *= 2) {
+      const r = await this.run('umount', lazy ? ['-l', target] : [target], { allowFailure: true });
+      if (r.code === 0 || /not mounted|no mount point|No such file/.test(r.stderr)) return;
+      if (!/target is busy/.test(r.stderr) || delay > 1280) throw new ExecError(['umount', target], r);
+      await sleep(delay);
+    }
   }
 
   /** The filesystem on a device, or '' when it holds none. */
