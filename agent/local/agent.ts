@@ -67,6 +67,7 @@ type Undo = () => Promise<void>;
 export class LocalAgent {
   private readonly store: PodStore;
   private readonly busy = new Set<string>();
+  private readonly inFlight = new Set<Promise<void>>();
   private readonly phases = new Map<string, string>();
 
   constructor(private readonly o: LocalAgentOptions) {
@@ -175,17 +176,27 @@ export class LocalAgent {
 
   /** Lets go of every VM without touching it (the agent is shutting down or restarting). */
   async releaseAll(): Promise<void> {
+    await this.drain();
     for (const name of await this.store.runningNames()) await this.o.vms.release(name).catch(() => undefined);
   }
 
   private async exclusive<T>(name: string, fn: () => Promise<T>): Promise<T> {
     if (this.busy.has(name)) throw new Aborted(`pod ${name}: another operation is in progress`);
     this.busy.add(name);
+    const op = fn();
+    const settled = op.then(() => undefined, () => undefined);
+    this.inFlight.add(settled);
     try {
-      return await fn();
+      return await op;
     } finally {
       this.busy.delete(name);
+      this.inFlight.delete(settled);
     }
+  }
+
+  /** Resolves once no run/stop/hotplug is in progress (a SIGTERM must not cut a stop's volume clean-up short). */
+  async drain(): Promise<void> {
+    while (this.inFlight.size) await Promise.all([...this.inFlight]);
   }
 
   private async runLocked(pod: LocalPod, manifest: string, migration?: MigrationTargetOptions): Promise<PodStatus> {
@@ -483,9 +494,15 @@ export class LocalAgent {
     const manifestClaims = rt ? parseLocalManifest(rt.manifest).claims : [];
     const doomed = Object.values(rec?.claims ?? {}).filter((c) => c.ephemeral || opts.deleteVolumes || manifestClaims.some((m) => m.name === c.name && m.ephemeral));
     // Detached volumes and the sandbox do not depend on each other.
-    await Promise.all([step('sandbox', () => this.o.sandboxes.destroy(name)), ...doomed.map((c) => step(`delete volume ${c.name}`, () => this.o.volumes.delete(c)))]);
+    // A claim whose delete failed stays recorded, so the "run stop again" the error asks for retries it.
+    const gone = new Set<string>();
+    await Promise.all([
+      step('sandbox', () => this.o.sandboxes.destroy(name)),
+      ...doomed.map((c) => step(`delete volume ${c.name}`, async () => void (await this.o.volumes.delete(c), gone.add(c.name)))),
+    ]);
     if (rec) {
       for (const c of doomed) {
+        if (!gone.has(c.name)) continue;
         delete rec.claims[c.name];
         deleted.push(c.name);
       }
