@@ -176,7 +176,12 @@ export class LocalEnv {
     } catch {
       /* agent unusable: the leftover checks below will say what is left */
     }
-    for (const n of names) await this.cli(['stop', n, '--delete-volumes', '--timeout', '5'], { allowFailure: true });
+    // What dispose ran, shown with the agent's log when something is left (CI triage).
+    const ran: string[] = [`ps (exit ${ps.code}): ${ps.stdout.trim()} ${ps.stderr.trim()}`];
+    for (const n of names) {
+      const r = await this.cli(['stop', n, '--delete-volumes', '--timeout', '5'], { allowFailure: true });
+      ran.push(`stop ${n} (exit ${r.code}): ${r.stdout.trim()} ${r.stderr.trim()}`);
+    }
     const problems: string[] = [];
     await this.shutdownAgent().catch((e: Error) => problems.push(e.message));
     await exec('ip', ['link', 'delete', this.bridge], { allowFailure: true });
@@ -184,6 +189,10 @@ export class LocalEnv {
       await fs.rmdir(path.join(root, this.cgroupParent)).catch(() => undefined);
     }
     const left = [...problems, ...(await this.leftovers())];
+    if (left.length) {
+      const log = await fs.readFile(path.join(this.runDir, 'agent.log'), 'utf8').catch(() => '(no agent.log)');
+      process.stderr.write(`LocalEnv.dispose found leftovers; it ran:\n${ran.join('\n')}\nagent.log (last 16 KiB):\n${log.slice(-16384)}\n`);
+    }
     await fs.rm(this.dir, { recursive: true, force: true }).catch(() => undefined);
     assert.deepEqual(left, [], 'nothing left behind');
   }
