@@ -150,6 +150,24 @@ describe('kubectl-podvirt (fake API server, temp kubeconfig)', function () {
     assert.match(c.err(), /migration failed: source VM is not running/);
   });
 
+  it('migrate deletes the source pod only after the source reports Migrated (its IPAM hand-over is done)', async () => {
+    const c = capture(false);
+    const run = kubectlMain(['migrate', 'vm-a', '--kubeconfig', kubeconfig, '-n', 'vms', '--target-name', 'vm-a-t3', '--timeout', '30'], c.io);
+    await waitForPod(api, 'vm-a-t3');
+    await waitFor(() => api.watchCount('pods') > 0);
+    api.setStatus('pods', 'vms', 'vm-a-t3', { phase: 'Running', conditions: [{ type: 'podvirt.io/VMReady', status: 'True', reason: 'Migrated', message: 'QEMU pid 778' }] });
+    await waitFor(() => /migrated to vm-a-t3/.test(c.out()));
+    // The target is done but the source agent has not finished its side: the source pod must stay.
+    await new Promise((r) => setTimeout(r, 400));
+    assert.ok(api.getObject('pods', 'vms', 'vm-a'), 'source pod deleted before its agent reported Migrated');
+    const src = api.getObject('pods', 'vms', 'vm-a')!;
+    (src.metadata as { annotations: Record<string, string> }).annotations['vm.podvirt.io/status'] = JSON.stringify({ phase: 'Migrated', target: 'vms/vm-a-t3' });
+    replace(api, src);
+    assert.equal(await run, 0, c.err());
+    assert.equal(api.getObject('pods', 'vms', 'vm-a'), undefined);
+    assert.match(c.err(), /source pod vms\/vm-a deleted/);
+  });
+
   it('pure pieces: progress bar, migration state, agent pod choice, console detach key', async () => {
     assert.equal(renderBar({ phase: 'active', percent: 50 }, 10), '[#####.....]  50%  active');
     assert.deepEqual(migrationState({ metadata: {}, spec: { containers: [] } }), { done: false, progress: { phase: 'scheduling' } });

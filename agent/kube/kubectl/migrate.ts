@@ -255,6 +255,31 @@ export async function followMigration(kc: KubeConfig, namespace: string, name: s
   });
 }
 
+const SOURCE_RELEASE_TIMEOUT_MS = 60_000;
+
+/** Whether the source pod's agent finished its side (phase Migrated / Stopped) or the pod is gone. */
+export async function sourceReleased(core: CoreV1Api, namespace: string, name: string, timeoutMs: number): Promise<{ ok: boolean; message: string }> {
+  const deadline = Date.now() + timeoutMs;
+  let phase: string;
+  for (let delay = 100; ; delay = Math.min(delay * 2, 2000)) {
+    let pod: V1Pod;
+    try {
+      pod = await core.readNamespacedPod({ namespace, name });
+    } catch (e) {
+      if ((e as { code?: number }).code === 404) return { ok: true, message: 'source pod already gone' };
+      throw e;
+    }
+    try {
+      phase = String((JSON.parse(pod.metadata?.annotations?.[ANN_STATUS] ?? '{}') as { phase?: unknown }).phase ?? 'unknown');
+    } catch {
+      phase = 'unreadable';
+    }
+    if (phase === 'Migrated' || phase === 'Stopped') return { ok: true, message: phase };
+    if (Date.now() + delay > deadline) return { ok: false, message: `its agent did not report Migrated within ${Math.round(timeoutMs / 1000)} s (phase ${phase})` };
+    await new Promise((r) => setTimeout(r, delay));
+  }
+}
+
 export async function migrate(argv: string[], io: Io): Promise<number> {
   const { values, positionals } = parseFlags(
     argv,
@@ -305,6 +330,13 @@ export async function migrate(argv: string[], io: Io): Promise<number> {
     io.stderr.write(`claim ${namespace}/${from} is no longer used by the VM; delete it when you no longer need its old copy\n`);
   }
   if (!values['keep-source']) {
+    // The source agent hands the VM's IPAM reservation over when its side completes; deleting the
+    // pod earlier lets its CNI DEL free the address the guest now uses on the target.
+    const released = await sourceReleased(core, namespace, positionals[0]!, SOURCE_RELEASE_TIMEOUT_MS);
+    if (!released.ok) {
+      io.stderr.write(`source pod ${namespace}/${positionals[0]} kept: ${released.message}; delete it once its status says Migrated\n`);
+      return 1;
+    }
     // The source pod's VM is gone; its pod would hold its CPUs and devices until deleted.
     await core.deleteNamespacedPod({ namespace, name: positionals[0]! });
     io.stderr.write(`source pod ${namespace}/${positionals[0]} deleted\n`);
