@@ -1,9 +1,9 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, promises as fs } from 'node:fs';
-import * as net from 'node:net';
 import * as path from 'node:path';
 import { PROJECT_ROOT } from '../../lib/project-root.js';
 import { QmpClient } from '../../agent/qmp/index.js';
+import { typeLine } from '../helpers/serial.js';
 
 /**
  * Bare QEMU processes running the test guest, for driving the migration code without the
@@ -96,15 +96,7 @@ export class BareVm {
 
   /** Types a line into the guest's shell. */
   async type(line: string): Promise<void> {
-    await new Promise<void>((resolve, reject) => {
-      const s = net.createConnection(this.serialSock, () => {
-        s.end(line + '\n', () => setTimeout(() => {
-          s.destroy();
-          resolve();
-        }, 50));
-      });
-      s.on('error', reject);
-    });
+    await typeLine(this.serialSock, line);
   }
 
   /** Last `tick N UPTIME` the guest printed. */
