@@ -9,7 +9,7 @@ if ! command -v node >/dev/null 2>&1; then
   exit 1
 fi
 node -e 'const [a,b]=process.versions.node.split(".").map(Number); process.exit(a>20||(a===20&&b>=19)?0:1)' || {
-  echo "setup: Node.js $(node --version) is too old; podvirt needs ^20.19, ^22.12 or >=24" >&2; exit 1; }
+  echo "setup: Node.js $(node --version) is too old; podvirt needs ^20.19, ^22.12 or ^24" >&2; exit 1; }
 
 APT_PACKAGES=(
   qemu-system-x86 qemu-utils qemu-block-extra   # QEMU, qemu-img, qemu-storage-daemon
