@@ -109,8 +109,8 @@ describe('sticky IPs across migration (pure parts)', () => {
       const sels = JSON.parse(t.metadata!.annotations!['k8s.v1.cni.cncf.io/networks']!) as Array<Record<string, unknown>>;
       const key = 'podvirt-vm-1b4e28ba-2fa1-11d2-883f-0016d3cca427';
       assert.deepEqual(sels, [
-        { name: 'vmnet', interface: 'net1', 'cni-args': { ipamKey: key }, ips: ['10.88.0.7'] },
-        { name: 'vmnet2', namespace: 'other', interface: 'net2', 'cni-args': { ipamKey: key }, ips: ['10.99.0.3', 'fd00::3'] },
+        { name: 'vmnet', interface: 'net1', 'cni-args': { ipamKey: key, migrationTarget: true }, ips: ['10.88.0.7'] },
+        { name: 'vmnet2', namespace: 'other', interface: 'net2', 'cni-args': { ipamKey: key, migrationTarget: true }, ips: ['10.99.0.3', 'fd00::3'] },
         { name: 'mignet', interface: 'mig0' },
         { name: 'plain', interface: 'net4' },
       ]);
@@ -121,7 +121,8 @@ describe('sticky IPs across migration (pure parts)', () => {
       const sel = [{ name: 'vmnet', interface: 'net1', 'cni-args': { ipamKey: 'vm-first', other: 'x' }, ips: ['10.88.0.7/24'] }];
       const t = planTargetPod(pod(JSON.stringify(sel)), { suffix: 'abcde' });
       const again = planTargetPod({ ...t, metadata: { ...t.metadata!, uid: 'another-uid' }, spec: { ...t.spec!, nodeName: 'node-2' } }, { suffix: '12345' });
-      for (const p of [t, again]) assert.deepEqual(JSON.parse(p.metadata!.annotations!['k8s.v1.cni.cncf.io/networks']!), sel);
+      const flagged = [{ ...sel[0], 'cni-args': { ...sel[0]!['cni-args'], migrationTarget: true } }];
+      for (const p of [t, again]) assert.deepEqual(JSON.parse(p.metadata!.annotations!['k8s.v1.cni.cncf.io/networks']!), flagged);
     });
 
     it('without a usable VM spec or network annotation nothing changes; a broken annotation is an error', () => {

@@ -96,7 +96,9 @@ export function stickyNetworks(src: V1Pod): string | undefined {
     const key = typeof args.ipamKey === 'string' && args.ipamKey ? args.ipamKey : derived;
     const st = status.find((x) => x.name === name && (sel.interface === undefined || x.interface === sel.interface));
     const ips = Array.isArray(sel.ips) && sel.ips.length ? sel.ips : st?.ips?.length ? st.ips : undefined;
-    return { ...sel, 'cni-args': { ...args, ipamKey: key }, ...(ips ? { ips } : {}) };
+    // migrationTarget: a silent tap and a provisional hold from the first ADD; the target agent
+    // opens the tap at switch-over, before QEMU announces the VM there.
+    return { ...sel, 'cni-args': { ...args, ipamKey: key, migrationTarget: true }, ...(ips ? { ips } : {}) };
   });
   return JSON.stringify(out);
 }
