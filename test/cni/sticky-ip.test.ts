@@ -5,6 +5,7 @@ import { planTargetPod, stickyNetworks } from '../../agent/kube/kubectl/migrate.
 import { selectionCniArgs } from '../../agent/local/cni-backend.js';
 import { IPAM_KEY_ANNOTATION, resolveNetworkConfig, vmIpamKey } from '../../agent/local/networks.js';
 import { targetManifest } from '../../agent/migration/local.js';
+import { isMigrationTarget } from '../../cni/attachment.js';
 import { CniError } from '../../cni/cni-error.js';
 import { conflictingIps, gcDelegateConfig, ipamKeyOf, recordPath, requestedIps } from '../../cni/ipam-owner.js';
 import type { CniContext } from '../../cni/context.js';
@@ -115,6 +116,15 @@ describe('sticky IPs across migration (pure parts)', () => {
         { name: 'plain', interface: 'net4' },
       ]);
       assert.equal(t.metadata!.annotations!['k8s.v1.cni.cncf.io/network-status'], undefined, "the source's status is not the target's");
+    });
+
+    it("the planned target's cni-args reach the plugin as a migration target (args.cni, as Multus passes them)", () => {
+      const t = planTargetPod(pod('vmnet@net1, mignet@mig0'), { suffix: 'abcde' });
+      const sels = JSON.parse(t.metadata!.annotations!['k8s.v1.cni.cncf.io/networks']!) as Array<{ 'cni-args'?: Record<string, unknown> }>;
+      const conf = (cni?: Record<string, unknown>) => parseNetConf({ cniVersion: '1.0.0', name: 'vmnet', type: 'podvirt-cni', mode: 'tap', ...(cni ? { args: { cni } } : {}) });
+      assert.equal(isMigrationTarget(ctxWith(), conf(sels[0]!['cni-args'])), true, 'tap network: silent tap, provisional hold');
+      assert.equal(isMigrationTarget(ctxWith(), conf(sels[1]!['cni-args'])), false, 'migration network: a normal attachment');
+      assert.throws(() => conf({ migrationTarget: 'maybe' }), /migrationTarget/);
     });
 
     it('a key and addresses already there are kept across successive migrations', () => {
