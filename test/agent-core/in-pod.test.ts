@@ -6,7 +6,6 @@
 import { strict as assert } from 'node:assert';
 import { randomBytes, randomUUID } from 'node:crypto';
 import { existsSync, promises as fs, readlinkSync } from 'node:fs';
-import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import type { V1Pod } from '@kubernetes/client-node';
@@ -18,6 +17,7 @@ import { VmCoreRuntime } from '../../agent/kube/vm-core-runtime.js';
 import type { VmReport, VmTarget } from '../../agent/kube/vm-runtime.js';
 import { createKubeletSandbox, type KubeletSandbox } from '../kube/kubelet-sandbox.js';
 import { skipBecause } from '../helpers/skip.js';
+import { typeLine } from '../helpers/serial.js';
 
 const log = createLogger('test-in-pod', process.env.PODVIRT_TEST_LOG ?? 'silent');
 const guest = path.join(PROJECT_ROOT, '.cache', 'guest');
@@ -25,13 +25,6 @@ const guest = path.join(PROJECT_ROOT, '.cache', 'guest');
 const nsOf = (pid: number, ns: string) => readlinkSync(`/proc/${pid}/ns/${ns}`);
 const statusField = async (pid: number, field: string) => new RegExp(`^${field}:\\s*(.*)$`, 'm').exec(await fs.readFile(`/proc/${pid}/status`, 'utf8'))?.[1]?.trim();
 
-async function serialSend(socket: string, line: string): Promise<void> {
-  await new Promise<void>((resolve, reject) => {
-    const s = net.connect(socket);
-    s.once('error', reject);
-    s.once('connect', () => s.end(`${line}\n`, () => setTimeout(resolve, 200)));
-  });
-}
 
 async function waitLog(file: string, re: RegExp, timeoutMs = 60_000): Promise<RegExpMatchArray> {
   const end = Date.now() + timeoutMs;
@@ -115,7 +108,7 @@ describe('agent-core: QEMU inside the pod (cluster mode)', function () {
     assert.equal(existsSync(path.join(podRunDir, 'vms', uid, 'qmp.sock')), false, 'not on the host');
 
     await waitLog(report.serialLog!, /PODVIRT-GUEST-READY/);
-    await serialSend(report.consoleSocket!, `diskpattern read /dev/vda; diskpattern write /dev/vda guest-${tag}`);
+    await typeLine(report.consoleSocket!, `diskpattern read /dev/vda; diskpattern write /dev/vda guest-${tag}`);
     assert.equal((await waitLog(report.serialLog!, /PODVIRT-DISK-READ \/dev\/vda (\S+)/))[1], `host-${tag}`, 'the guest reads what the host wrote');
     await waitLog(report.serialLog!, /PODVIRT-DISK-WRITTEN/);
     const fh = await fs.open(backing, 'r');

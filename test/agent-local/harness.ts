@@ -1,11 +1,11 @@
 import { strict as assert } from 'node:assert';
 import { promises as fs, existsSync } from 'node:fs';
-import * as net from 'node:net';
 import * as path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { exec, execText, type ExecResult } from '../../lib/exec.js';
 import { sleep } from '../../lib/backoff.js';
 import { PROJECT_ROOT } from '../../lib/project-root.js';
+import { typeLine } from '../helpers/serial.js';
 
 export const GUEST_DIR = path.join(PROJECT_ROOT, '.cache', 'guest');
 export const GUEST_KERNEL = path.join(GUEST_DIR, 'vmlinuz');
@@ -148,18 +148,7 @@ export class LocalEnv {
 
   /** Types a line into the guest's serial console. */
   async serialSend(socket: string, line: string): Promise<void> {
-    await new Promise<void>((resolve, reject) => {
-      const s = net.connect(socket);
-      s.once('error', reject);
-      s.once('connect', () => {
-        s.write(`${line}\n`, () => {
-          setTimeout(() => {
-            s.destroy();
-            resolve();
-          }, 300);
-        });
-      });
-    });
+    await typeLine(socket, line);
   }
 
   async logSize(log: string): Promise<number> {

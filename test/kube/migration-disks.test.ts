@@ -13,7 +13,6 @@
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
 import { existsSync, promises as fs } from 'node:fs';
-import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { PassThrough } from 'node:stream';
@@ -33,6 +32,7 @@ import { PROJECT_ROOT } from '../../lib/project-root.js';
 import { skipBecause } from '../helpers/skip.js';
 import { FakeApiServer } from './fake-apiserver.js';
 import { createKubeletSandbox, type KubeletSandbox } from './kubelet-sandbox.js';
+import { typeLine } from '../helpers/serial.js';
 
 const log = createLogger('test-kube-mig-disk', process.env.PODVIRT_TEST_LOG ?? 'silent');
 const guest = path.join(PROJECT_ROOT, '.cache', 'guest');
@@ -59,13 +59,6 @@ const alive = (pid: number) => {
   }
 };
 
-async function serialSend(socket: string, line: string): Promise<void> {
-  await new Promise<void>((resolve, reject) => {
-    const s = net.connect(socket);
-    s.once('error', reject);
-    s.once('connect', () => s.write(`${line}\n`, () => setTimeout(() => (s.destroy(), resolve()), 300)));
-  });
-}
 
 /** Bytes of a block device read with O_DIRECT (no page cache of the host in between). */
 async function readDevice(dev: string, skipMiB: number, countMiB: number, tmp: string): Promise<Buffer> {
@@ -249,7 +242,7 @@ describe('cluster migration with a node-local disk (two agents, two CSI drivers,
     const srcLog = path.join(path.dirname(console), 'serial.log');
     const serial = () => fs.readFile(srcLog, 'utf8').catch(() => '');
     await until('guest booted on A', async () => (await serial()).includes('PODVIRT-GUEST-READY'));
-    await serialSend(console, 'diskpattern write /dev/vda before-kube-migration');
+    await typeLine(console, 'diskpattern write /dev/vda before-kube-migration');
     await until('pattern written', async () => (await serial()).includes('PODVIRT-DISK-WRITTEN /dev/vda before-kube-migration'), 30_000);
 
     // 1. Target QEMU killed while the disk is mirrored.
@@ -305,7 +298,7 @@ describe('cluster migration with a node-local disk (two agents, two CSI drivers,
     assert.notEqual(plain.code, 0);
     assert.match(plain.stderr, /TLS/i, plain.stderr);
     const mark = (await serial()).length;
-    await serialSend(console, 'dd if=/dev/urandom of=/dev/vda bs=1M seek=8 count=4 conv=fsync 2>/dev/null; dd if=/dev/vda bs=1M skip=8 count=4 2>/dev/null | md5sum | sed "s/^/SUM-DURING /"');
+    await typeLine(console, 'dd if=/dev/urandom of=/dev/vda bs=1M seek=8 count=4 conv=fsync 2>/dev/null; dd if=/dev/vda bs=1M skip=8 count=4 2>/dev/null | md5sum | sed "s/^/SUM-DURING /"');
     const during = await until('checksum of the data written during the mirror', async () => /SUM-DURING ([0-9a-f]{32})/.exec((await serial()).slice(mark))?.[1], 60_000);
     // Written while the disk was mirrored (or, on a slow machine, already in sync and written to both sides).
     assert.ok(['MirroringDisks', 'PreCopy'].includes(migration('dvm').phase ?? '') && cond('dvm-t')?.reason !== 'Migrated', `phase ${migration('dvm').phase}`);
