@@ -18,6 +18,7 @@ import { createLogger } from '../../lib/log.js';
 import { FakeApiServer } from './fake-apiserver.js';
 import { createKubeletSandbox, type KubeletSandbox } from './kubelet-sandbox.js';
 import { skipBecause } from '../helpers/skip.js';
+import { until as waitUntil, type Probe } from '../helpers/until.js';
 
 const log = createLogger('test-kube-agent', process.env.PODVIRT_TEST_LOG ?? 'silent');
 
@@ -57,15 +58,7 @@ export class ObservedRuntime implements VmRuntime {
   }
 }
 
-async function until<T>(what: string, probe: () => T | undefined | Promise<T | undefined>, timeoutMs = 20_000): Promise<T> {
-  const end = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await probe();
-    if (v !== undefined && v !== false) return v;
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 25));
-  }
-}
+const until = <T>(what: string, probe: Probe<T>, timeoutMs = 20000): Promise<T> => waitUntil(what, probe, timeoutMs, 25);
 
 describe('podvirt agent in a cluster (fake API server, kubelet-like sandboxes)', function () {
   this.timeout(120_000);

@@ -26,6 +26,7 @@ import { FakeApiServer } from './fake-apiserver.js';
 import { createKubeletSandbox, type KubeletSandbox } from './kubelet-sandbox.js';
 import { skipBecause } from '../helpers/skip.js';
 import { pingUntilReply } from '../helpers/ping.js';
+import { until as waitUntil, type Probe } from '../helpers/until.js';
 
 const GUEST_MAC = '52:54:00:5e:00:01';
 const TAP_MAC = '0a:58:0a:00:00:99';
@@ -304,15 +305,7 @@ describe('kube guest DHCP: the join (pure)', () => {
 
 const log = createLogger('test-kube-guest-dhcp', process.env.PODVIRT_TEST_LOG ?? 'silent');
 
-async function until<T>(what: string, probe: () => T | undefined | Promise<T | undefined>, timeoutMs = 20_000): Promise<T> {
-  const end = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await probe();
-    if (v !== undefined && v !== false) return v;
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
+const until = <T>(what: string, probe: Probe<T>, timeoutMs = 20000): Promise<T> => waitUntil(what, probe, timeoutMs, 100);
 
 describe('kube guest DHCP: a VM pod gets its address from the agent (CNI through the shim, TCG guest)', function () {
   this.timeout(240_000);

@@ -33,6 +33,7 @@ import { skipBecause } from '../helpers/skip.js';
 import { FakeApiServer } from './fake-apiserver.js';
 import { createKubeletSandbox, type KubeletSandbox } from './kubelet-sandbox.js';
 import { typeLine } from '../helpers/serial.js';
+import { until as waitUntil, type Probe, alive } from '../helpers/until.js';
 
 const log = createLogger('test-kube-mig-disk', process.env.PODVIRT_TEST_LOG ?? 'silent');
 const guest = path.join(PROJECT_ROOT, '.cache', 'guest');
@@ -40,25 +41,7 @@ const MiB = 2 ** 20;
 const SIZE = 32 * MiB;
 const AGENT_NS = 'podvirt-system';
 
-async function until<T>(what: string, probe: () => T | undefined | false | Promise<T | undefined | false>, timeoutMs = 60_000): Promise<T> {
-  const end = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await probe();
-    if (v !== undefined && v !== false) return v;
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
-
-const alive = (pid: number) => {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-};
-
+const until = <T>(what: string, probe: Probe<T>, timeoutMs = 60000): Promise<T> => waitUntil(what, probe, timeoutMs, 50);
 
 /** Bytes of a block device read with O_DIRECT (no page cache of the host in between). */
 async function readDevice(dev: string, skipMiB: number, countMiB: number, tmp: string): Promise<Buffer> {

@@ -25,19 +25,12 @@ import type { DiscoveredSandbox } from '../../agent/kube/pod-discovery.js';
 import { postCopySupported } from '../../agent/migration/postcopy-support.js';
 import { createLogger } from '../../lib/log.js';
 import { FakeApiServer } from './fake-apiserver.js';
+import { until as waitUntil, type Probe } from '../helpers/until.js';
 
 const log = createLogger('test-kube-mig-units', process.env.PODVIRT_TEST_LOG ?? 'silent');
 const NS = 'podvirt-system';
 
-async function until<T>(what: string, probe: () => T | undefined | false | Promise<T | undefined | false>, timeoutMs = 10_000): Promise<T> {
-  const end = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await probe();
-    if (v !== undefined && v !== false) return v;
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 20));
-  }
-}
+const until = <T>(what: string, probe: Probe<T>, timeoutMs = 10000): Promise<T> => waitUntil(what, probe, timeoutMs, 20);
 
 describe('cluster migration: token Secrets', () => {
   let api: FakeApiServer;
@@ -285,6 +278,10 @@ describe('kubectl podvirt migrate: node-local claims get fresh copies on the tar
     // The target's agent reports success.
     await until('kubectl watching', () => api.watchCount('pods') > 0);
     api.setStatus('pods', 'vms', 'db-t', { phase: 'Running', conditions: [{ type: 'podvirt.io/VMReady', status: 'True', reason: 'Migrated', message: 'QEMU pid 9' }] });
+    // ... and the source's agent its side (kubectl deletes the source pod only then).
+    const src = api.getObject('pods', 'vms', 'db')!;
+    (src.metadata as { annotations: Record<string, string> }).annotations['vm.podvirt.io/status'] = JSON.stringify({ phase: 'Migrated', target: 'vms/db-t' });
+    api.replaceObject('pods', src);
     assert.equal(await run, 0, errText);
     assert.equal((api.getObject('persistentvolumeclaims', 'vms', vols.root!) as V1PersistentVolumeClaim).metadata!.ownerReferences, undefined, 'the VM\'s disk now outlives the pod');
     assert.match(errText, /claim vms\/db-root is no longer used by the VM/);

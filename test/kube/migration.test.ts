@@ -24,28 +24,12 @@ import { PROJECT_ROOT } from '../../lib/project-root.js';
 import { skipBecause } from '../helpers/skip.js';
 import { FakeApiServer } from './fake-apiserver.js';
 import { createKubeletSandbox, type KubeletSandbox } from './kubelet-sandbox.js';
+import { until as waitUntil, type Probe, alive } from '../helpers/until.js';
 
 const log = createLogger('test-kube-mig', process.env.PODVIRT_TEST_LOG ?? 'silent');
 const guest = path.join(PROJECT_ROOT, '.cache', 'guest');
 
-async function until<T>(what: string, probe: () => T | undefined | Promise<T | undefined>, timeoutMs = 60_000): Promise<T> {
-  const end = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await probe();
-    if (v !== undefined && v !== false) return v;
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
-
-const alive = (pid: number) => {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-};
+const until = <T>(what: string, probe: Probe<T>, timeoutMs = 60000): Promise<T> => waitUntil(what, probe, timeoutMs, 50);
 
 describe('migration by target pod (two agents, real QEMU)', function () {
   this.timeout(240_000);
@@ -128,7 +112,15 @@ describe('migration by target pod (two agents, real QEMU)', function () {
     const srcPid = status('mvm').qemuPid!;
     const srcLog = path.join(path.dirname(status('mvm').consoleSocket!), 'serial.log');
     await until('guest booted on A', async () => ((await fs.readFile(srcLog, 'utf8').catch(() => '')).includes('PODVIRT-GUEST-READY') ? true : undefined));
-    const lastTickOnA = async () => Number([...(await fs.readFile(srcLog, 'utf8')).matchAll(/tick (\d+) /g)].pop()?.[1] ?? 0);
+    // The source's log goes with its QEMU (kubectl returns only once the source reports Migrated,
+    // by then its run dir is cleaned up): follow it while the migration runs.
+    let lastOnA = 0;
+    const followA = setInterval(() => {
+      fs.readFile(srcLog, 'utf8').then(
+        (text) => (lastOnA = Math.max(lastOnA, Number([...text.matchAll(/tick (\d+) /g)].pop()?.[1] ?? 0))),
+        () => undefined,
+      );
+    }, 100);
 
     const kubeconfig = await api.writeKubeconfig(tmp);
     const err = new PassThrough();
@@ -155,7 +147,7 @@ describe('migration by target pod (two agents, real QEMU)', function () {
     await exec('ip', ['-n', sbB.netnsName, 'link', 'set', vy, 'up']);
     markRunning('mvm-t', sbB, `10.231.${sub}.2`);
 
-    const code = await run;
+    const code = await run.finally(() => clearInterval(followA));
     assert.equal(code, 0, errText);
     assert.match(outText, /default\/mvm migrated to mvm-t/);
     assert.match(errText, /\d+%/, 'progress shown');
@@ -164,7 +156,8 @@ describe('migration by target pod (two agents, real QEMU)', function () {
     assert.ok(tgt.qemuPid && tgt.qemuPid !== srcPid && alive(tgt.qemuPid));
     assert.equal(cond('mvm-t')?.reason, 'Migrated');
     // The guest continues on B: ticks beyond the last one seen on A, no reboot.
-    const before = await lastTickOnA();
+    const before = lastOnA;
+    assert.ok(before > 0, 'ticks seen on A');
     const dstLog = path.join(path.dirname(tgt.consoleSocket!), 'serial.log');
     const ticks = await until('ticks on B', async () => {
       const text = await fs.readFile(dstLog, 'utf8').catch(() => '');
