@@ -85,7 +85,9 @@ describe('podvirt-cni isGateway: the host bridge carries the IPAM gateway', func
     const network = `pvt-cni-gw-${tag}`;
     const r = randomBytes(4);
     const v4Base = `10.${150 + ((r[0] ?? 0) % 50)}.${r[1] ?? 0}`;
-    const v6Prefix = `fd7e:${r.subarray(2, 4).toString('hex')}:${tag.slice(0, 4)}::`;
+    // Groups without leading zeros: iproute2 prints addresses in canonical form.
+    const group = (hex: string) => Number.parseInt(hex, 16).toString(16);
+    const v6Prefix = `fd7e:${group(r.subarray(2, 4).toString('hex'))}:${group(tag.slice(0, 4))}::`;
     const netnses: string[] = [];
     let dir = '';
 
