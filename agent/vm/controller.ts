@@ -461,26 +461,47 @@ export class VmController extends EventEmitter {
     this.setPhase('ShuttingDown', 'killed');
     this.reasonNow = 'killed';
     // Only signal the pid while it is still our QEMU: a reaped pid may already belong to someone else.
-    if (await this.isOurQemu()) {
+    const born = (await this.isOurQemu()) ? await this.procStartTime() : undefined;
+    if (born !== undefined) {
       try {
         process.kill(this.state.qemuPid, 'SIGKILL');
       } catch {
         /* already gone */
       }
     }
-    if (!(await this.waitGone(10_000))) throw new DeadlineExceeded(`QEMU ${this.state.qemuPid} survived SIGKILL for 10 s`);
+    if (!(await this.waitGone(10_000, born))) throw new DeadlineExceeded(`QEMU ${this.state.qemuPid} survived SIGKILL for 10 s`);
     await this.cleanup();
   }
 
-  private async waitGone(timeoutMs: number): Promise<boolean> {
+  private async waitGone(timeoutMs: number, bornAt?: string): Promise<boolean> {
     const deadline = Date.now() + timeoutMs;
     // Our own child: wait for the reap so the pid leaves the cgroup before we return.
     if (this.childExited) return Promise.race([this.childExited.then(() => true), sleep(timeoutMs).then(() => false)]);
+    // Not our child: QEMU stops looking like QEMU (its cmdline empties when its memory goes) before
+    // it closes its files, and its open volumes keep their mounts busy until then. So wait for the
+    // pid to be a zombie or gone, with the start time guarding against a reused pid.
+    const born = bornAt ?? ((await this.isOurQemu()) ? await this.procStartTime() : undefined);
+    const exited = async () => {
+      if (born === undefined) return !(await this.isOurQemu());
+      const now = await this.procStartTime();
+      return now === undefined || now !== born;
+    };
     while (Date.now() < deadline) {
-      if (!(await this.isOurQemu())) return true;
+      if (await exited()) return true;
       await sleep(25);
     }
-    return !(await this.isOurQemu());
+    return exited();
+  }
+
+  /** QEMU's start time (field 22 of /proc/<pid>/stat) while it is not a zombie; undefined otherwise. */
+  private async procStartTime(): Promise<string | undefined> {
+    try {
+      const stat = await fs.readFile(path.join(this.opts.procRoot ?? '/proc', String(this.state.qemuPid), 'stat'), 'utf8');
+      const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+      return fields[0] === 'Z' ? undefined : fields[19];
+    } catch {
+      return undefined;
+    }
   }
 
   private async cleanup(): Promise<void> {
